@@ -1,0 +1,26 @@
+"""polyproj — exact Euclidean projection layers onto polyhedra, differentiated with the
+Han–Sun (HS) Jacobian.
+
+>>> import torch, polyproj as pp
+>>> P = pp.Polyhedron(A=torch.eye(2), a=torch.ones(2), B=torch.ones(1, 2), b=torch.ones(1))
+>>> y = pp.project(torch.tensor([3.0, 0.0], dtype=torch.float64), P)
+"""
+
+from ._errors import ConvergenceError, ConvergenceWarning, InfeasibleError
+from .nn import Projection
+from .project import ProjectionInfo, hs_jacobian, project
+from .sets import ConvexSet, Polyhedron
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "ConvexSet",
+    "InfeasibleError",
+    "Polyhedron",
+    "Projection",
+    "ProjectionInfo",
+    "hs_jacobian",
+    "project",
+]

@@ -1,0 +1,51 @@
+r"""Pure backward functions: products with the HS-Jacobian element ``P₀``.
+
+For a polyhedron ``P = {y : A y ≤ a, B y = b}`` and ``ȳ = Π_P(x)`` with full active set
+``I``, ``M = [A_I; B]``, the Han–Sun element of Li, Sun & Toh (Math. Program. 179, 2020) is
+
+.. math:: P_0 = I - M^\top (M M^\top)^{+} M ,
+
+the orthogonal projector onto ``ker M``.  It is symmetric, so ``Jᵀg = Jg`` and
+
+.. math:: J g = g - M^\top \nu,\qquad M M^\top \nu = M g \quad(\text{min-norm } \nu).
+
+The same ``ν`` is the gradient with respect to the right-hand sides ``(a_I, b)``
+(DESIGN §7): ``g_{a_I} = ν_I``, ``g_b = ν_B``, zero on inactive rows.
+
+Nothing of size n×n per sample is formed except in :func:`explicit_jacobian`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .functional._masked_linalg import solve_consistent
+
+__all__ = ["masked_nullspace_product", "explicit_jacobian"]
+
+
+def masked_nullspace_product(C: torch.Tensor, G: torch.Tensor, active: torch.Tensor, g: torch.Tensor):
+    """``(J g, ν)`` for every sample: ``J g = g − Cᵀ W ν`` with ``W G W ν = W C g`` (min-norm).
+
+    C: (K, n) constraint rows, G = C Cᵀ (K, K), active: (N, K) bool, g: (N, n).
+    Cost per sample: O(K n) for the right-hand side and O(K³) for one Cholesky of the
+    regularised masked Gram matrix (restricted to rows active somewhere in the batch),
+    plus a few refinement sweeps.
+    """
+    N, K = active.shape
+    if K == 0:
+        return g.clone(), g.new_zeros(N, 0)
+    nu, _ = solve_consistent(G, active, (g @ C.T) * active)
+    return g - nu @ C, nu
+
+
+def explicit_jacobian(C: torch.Tensor, G: torch.Tensor, active: torch.Tensor, n: int) -> torch.Tensor:
+    """The explicit (N, n, n) matrices ``P₀ = I − M^†M`` (for inspection and tests)."""
+    N, K = active.shape
+    eye = torch.eye(n, dtype=C.dtype, device=C.device).expand(N, n, n)
+    if K == 0 or not bool(active.any()):
+        return eye.clone()
+    rhs = active.unsqueeze(-1) * C.unsqueeze(0)  # (N, K, n): W C
+    nu, _ = solve_consistent(G, active, rhs)
+    J = eye - C.T.unsqueeze(0) @ nu
+    return 0.5 * (J + J.transpose(-1, -2))

@@ -1,0 +1,91 @@
+"""Input validation and conversion shared by every public entry point.
+
+Everything a user passes goes through these helpers once, at the boundary; the solvers
+below assume clean float64 tensors.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+    """Convert ``value`` (tensor, numpy array, scipy.sparse matrix, sequence or scalar) to a
+    float64 tensor, checking its number of dimensions and that every entry is finite."""
+    if value is None:
+        raise ValueError(f"{name} must be given, got None")
+    if hasattr(value, "toarray") and not isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.toarray()  # scipy.sparse: the solvers work on dense data
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"{name} must be a real tensor, got dtype {value.dtype}")
+        tensor = value.detach().to(dtype=torch.float64)
+        if device is not None:
+            tensor = tensor.to(device)
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - defensive
+            raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.number)) or np.iscomplexobj(array):
+            raise ValueError(f"{name} must be a real numeric array, got dtype {array.dtype}")
+        tensor = torch.as_tensor(np.array(array, dtype=np.float64), device=device)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if tensor.ndim not in allowed:
+            raise ValueError(
+                f"{name} must have {' or '.join(map(str, allowed))} dimension(s), "
+                f"got shape {tuple(tensor.shape)}"
+            )
+    check_finite(tensor, name)
+    return tensor
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> None:
+    if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
+        raise ValueError(f"{name} must be finite, found {tensor[tuple(bad)].item()} at index {tuple(bad)}")
+
+
+def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Validate the point(s) to project: a float32/float64 tensor of shape (..., *event_shape)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must have dtype torch.float32 or torch.float64, got {x.dtype}")
+    k = len(event_shape)
+    if x.ndim < k or tuple(x.shape[x.ndim - k:]) != tuple(event_shape):
+        expected = "(..., " + ", ".join(map(str, event_shape)) + ")"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    if x.device != device and not (x.device.type == device.type and device.index is None):
+        raise ValueError(
+            f"{name} is on device {x.device} but the constraint set is on {device}; "
+            f"move one of them with .to()"
+        )
+    check_finite(x.detach(), name)
+    return x
+
+
+def check_tolerance(tol, dtype: torch.dtype) -> float:
+    if tol is None:
+        return 1e-9 if dtype == torch.float64 else 1e-5
+    if not isinstance(tol, numbers.Real) or not (0 < float(tol) < 1) or not np.isfinite(tol):
+        raise ValueError(f"tol must be a real number in (0, 1), got {tol!r}")
+    return float(tol)
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

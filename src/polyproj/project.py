@@ -1,0 +1,117 @@
+"""Public entry points: :func:`project`, :func:`hs_jacobian` and :class:`ProjectionInfo`."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ._autograd import ProjectFunction
+from ._errors import ConvergenceError, ConvergenceWarning
+from ._validation import check_choice, check_input, check_positive_int, check_tolerance
+from .sets import ConvexSet
+
+__all__ = ["ProjectionInfo", "project", "hs_jacobian"]
+
+
+@dataclass
+class ProjectionInfo:
+    """Diagnostics of one call of :func:`project` (batch shape ``(...)`` of the input).
+
+    Attributes
+    ----------
+    active : (..., m) bool tensor
+        Inequality constraints active at the output (the set ``I`` of the HS-Jacobian).
+    kkt_residual : (...,) float64 tensor
+        Relative KKT residual of the output (see the set's docstring).
+    iterations : (...,) int64 tensor
+        Newton iterations of the forward solver.
+    converged : (...,) bool tensor
+        ``kkt_residual <= tol``.
+    tol : float
+        The tolerance that was requested.
+    """
+
+    active: torch.Tensor
+    kkt_residual: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+    tol: float
+
+
+def _run(x, pset, tol, max_iter, on_failure):
+    if not isinstance(pset, ConvexSet):
+        raise ValueError(f"P must be a polyproj constraint set (e.g. polyproj.Polyhedron), got {type(pset).__name__}")
+    x = check_input(x, "x", pset.event_shape, pset.device)
+    tol = check_tolerance(tol, x.dtype)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
+    k = len(pset.event_shape)
+    batch = x.shape[: x.ndim - k]
+    flat = x.reshape(-1, *pset.event_shape).to(torch.float64)
+    y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, pset, tol, max_iter)
+    info = ProjectionInfo(
+        active=active.reshape(*batch, active.shape[-1]),
+        kkt_residual=kkt.reshape(batch),
+        iterations=iters.reshape(batch),
+        converged=conv.reshape(batch),
+        tol=tol,
+    )
+    if not bool(conv.all()):
+        bad = (~conv).nonzero().flatten()[:10].tolist()
+        worst = float(kkt[~conv].nan_to_num(float("inf")).max())
+        msg = (
+            f"projection did not reach tol={tol:g} on {int((~conv).sum())} of {conv.numel()} points "
+            f"(flat batch indices {bad}{'…' if (~conv).sum() > 10 else ''}; worst relative KKT residual {worst:.3g}); "
+            f"raise max_iter (now {max_iter}) or tol, or pass on_failure='warn'"
+        )
+        if on_failure == "raise":
+            raise ConvergenceError(msg, info)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    return y.reshape(x.shape).to(x.dtype), info, state, batch
+
+
+def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 200,
+            on_failure: str = "raise", return_info: bool = False):
+    r"""Euclidean projection :math:`y = \Pi_P(x) = \arg\min_{y \in P} \tfrac12\|y - x\|^2`.
+
+    Parameters
+    ----------
+    x : tensor (..., *P.event_shape), float32 or float64
+        Points to project; any leading batch shape.  Same device as ``P``.
+    P : ConvexSet
+        The constraint set, e.g. :class:`polyproj.Polyhedron`.
+    tol : float, optional
+        Relative KKT tolerance; default 1e-9 for float64 inputs and 1e-5 for float32.
+        The solves run in float64 whatever the input dtype.
+    max_iter : int
+        Newton-iteration budget per point.
+    on_failure : {"raise", "warn"}
+        A point that misses ``tol`` raises :class:`polyproj.ConvergenceError` (default) or
+        issues a :class:`polyproj.ConvergenceWarning` and is flagged in ``info.converged``.
+    return_info : bool
+        Also return a :class:`ProjectionInfo`.
+
+    Returns
+    -------
+    y : tensor shaped and typed like ``x``; differentiable with the HS-Jacobian
+        ``J g = g − Mᵀ(MMᵀ)⁺Mg`` (Han & Sun 1997; Li, Sun & Toh 2020), a conservative
+        Jacobian of :math:`\Pi_P` (Bolte & Pauwels 2021).
+    info : ProjectionInfo, only if ``return_info``.
+    """
+    y, info, _, _ = _run(x, P, tol, max_iter, on_failure)
+    return (y, info) if return_info else y
+
+
+def hs_jacobian(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 200,
+                on_failure: str = "raise") -> torch.Tensor:
+    r"""The explicit HS-Jacobian element :math:`P_0 = I - M^\top(MM^\top)^+M` at ``Π_P(x)``.
+
+    Returns a tensor of shape ``(..., d, d)`` with ``d = prod(P.event_shape)`` (matrix-valued
+    points are flattened row-major), dtype of ``x``.  Meant for inspection and tests: training
+    never forms it (the backward of :func:`project` applies it matrix-free).
+    """
+    _, _, state, batch = _run(x.detach(), P, tol, max_iter, on_failure)
+    J = P._jacobian(tuple(state))
+    return J.reshape(*batch, *J.shape[-2:]).to(x.dtype)
