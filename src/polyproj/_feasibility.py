@@ -32,8 +32,12 @@ def farkas_certificate(A: np.ndarray, a: np.ndarray, B: np.ndarray, b: np.ndarra
     return {"inequality_weights": u, "equality_weights": v, "rows": rows}
 
 
-def check_nonempty(A: np.ndarray, a: np.ndarray, B: np.ndarray, b: np.ndarray, *, what: str = "polyhedron") -> None:
-    """Raise :class:`InfeasibleError` if the set is empty (LP feasibility by HiGHS)."""
+def check_nonempty(A: np.ndarray, a: np.ndarray, B: np.ndarray, b: np.ndarray, *, what: str = "polyhedron",
+                   row_scale: np.ndarray | None = None) -> None:
+    """Raise :class:`InfeasibleError` if the set is empty (LP feasibility by HiGHS).
+
+    If the rows were scaled (row ``i`` of ``[A; B]`` multiplied by ``row_scale[i]``) the
+    certificate is mapped back to the unscaled rows."""
     m, p = A.shape[0], B.shape[0]
     if m + p == 0:
         return
@@ -48,6 +52,9 @@ def check_nonempty(A: np.ndarray, a: np.ndarray, B: np.ndarray, b: np.ndarray, *
         return
     if res.status == 2:
         cert = farkas_certificate(A, a, B, b)
+        if cert is not None and row_scale is not None:
+            cert["inequality_weights"] = cert["inequality_weights"] * row_scale[:m]
+            cert["equality_weights"] = cert["equality_weights"] * row_scale[m:]
         detail = ""
         if cert is not None:
             shown = ", ".join(cert["rows"][:20]) + (" …" if len(cert["rows"]) > 20 else "")

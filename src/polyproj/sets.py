@@ -128,21 +128,21 @@ class Polyhedron(ConvexSet):
             raise ValueError(f"b must have shape ({B_t.shape[0]},) to match B {tuple(B_t.shape)}, got {tuple(b_t.shape)}")
         self.A, self.a, self.B, self.b = A_t, a_t, B_t, b_t
         self.event_shape = (n,)
-        self._data = self._normalise(A_t, a_t, B_t, b_t)
+        self._data, row_scale = self._normalise(A_t, a_t, B_t, b_t)
         if check_feasibility:
             D = self._data
             C, c = D.C.cpu().numpy(), D.c.cpu().numpy()
-            check_nonempty(C[: D.m], c[: D.m], C[D.m:], c[D.m:])
+            check_nonempty(C[: D.m], c[: D.m], C[D.m:], c[D.m:], row_scale=row_scale.cpu().numpy())
 
     @staticmethod
-    def _normalise(A, a, B, b) -> PolyhedronData:
+    def _normalise(A, a, B, b) -> tuple[PolyhedronData, torch.Tensor]:
         C = torch.cat([A, B], 0)
         c = torch.cat([a, b], 0)
         norms = C.norm(dim=1)
         scale = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.ones_like(norms))
         C = C * scale[:, None]
         c = c * scale
-        return PolyhedronData.from_rows(C, c, A.shape[0])
+        return PolyhedronData.from_rows(C, c, A.shape[0]), scale
 
     # -- protocol ---------------------------------------------------------------------
     @property

@@ -223,7 +223,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
     nu = x.new_zeros(N, data.K)
     kkt = x.new_zeros(N) if data.K == 0 else torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
     steps = torch.zeros(N, dtype=torch.long, device=dev)
-    if data.K:
+    if data.K and N:
         live = torch.arange(N, device=dev)
         y_best, nu_best = y.clone(), nu.clone()
         for _ in range(max_iter):
