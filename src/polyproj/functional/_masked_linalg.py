@@ -22,6 +22,8 @@ import torch
 # Above this many matrix entries per chunk (N·k·k) the batch is factorised in pieces,
 # so memory stays bounded for large systems.
 _CHUNK_ENTRIES = 1 << 25
+# Systems with at most this many rows are factorised whole (gathering costs more than it saves).
+_GATHER_ABOVE = 48
 
 
 class MaskedCholesky:
@@ -34,8 +36,15 @@ class MaskedCholesky:
     def __init__(self, G: torch.Tensor, mask: torch.Tensor, delta: float):
         N, K = mask.shape
         self.G, self.mask, self.N, self.K = G, mask, N, K
-        counts = mask.sum(-1)
-        self.k = k = int(counts.max()) if N else 0
+        self.k = k = int(mask.sum(-1).max()) if (N and K > _GATHER_ABOVE) else K
+        if k > 0.75 * K or K <= _GATHER_ABOVE:
+            # little to gain from gathering: factorise the full masked K×K system
+            self.idx = None
+            self.w = mask.to(G.dtype)
+            H = G * (self.w.unsqueeze(-1) * self.w.unsqueeze(-2))
+            H.diagonal(dim1=-2, dim2=-1).add_(delta)
+            self.L = self._factor(H)
+            return
         # selected rows first (stable), then padding rows that stay pinned by the identity
         order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :k]
         self.idx = order
@@ -45,27 +54,35 @@ class MaskedCholesky:
         for start in range(0, N, step):
             sl = slice(start, min(N, start + step))
             ii = order[sl]
-            H = G[ii.unsqueeze(-1), ii.unsqueeze(-2)]
             w = self.w[sl]
-            H = H * (w.unsqueeze(-1) * w.unsqueeze(-2))
+            H = torch.take(G, ii.unsqueeze(-1) * K + ii.unsqueeze(-2)) * (w.unsqueeze(-1) * w.unsqueeze(-2))
             H.diagonal(dim1=-2, dim2=-1).add_(delta)
-            self.L[sl], info = torch.linalg.cholesky_ex(H)
-            if bool((info != 0).any()):
-                raise FloatingPointError("Cholesky factorisation of a regularised Gram matrix failed (non-finite data?)")
+            self.L[sl] = self._factor(H)
+
+    @staticmethod
+    def _factor(H):
+        L, info = torch.linalg.cholesky_ex(H)
+        if bool((info != 0).any()):
+            raise FloatingPointError("Cholesky factorisation of a regularised Gram matrix failed (non-finite data?)")
+        return L
 
     def _gather(self, r):
+        if self.idx is None:
+            return r * (self.w if r.ndim == 2 else self.w.unsqueeze(-1))
         if r.ndim == 2:
             return r.gather(1, self.idx) * self.w
         return r.gather(1, self.idx.unsqueeze(-1).expand(-1, -1, r.shape[-1])) * self.w.unsqueeze(-1)
 
     def _scatter(self, s, like):
+        if self.idx is None:
+            return s * (self.w if like.ndim == 2 else self.w.unsqueeze(-1))
         out = torch.zeros_like(like)
         if like.ndim == 2:
             return out.scatter_(1, self.idx, s * self.w)
         return out.scatter_(1, self.idx.unsqueeze(-1).expand(-1, -1, like.shape[-1]), s * self.w.unsqueeze(-1))
 
     def solve(self, r: torch.Tensor) -> torch.Tensor:
-        if self.k == 0:
+        if self.k == 0 or self.N == 0:
             return torch.zeros_like(r)
         rk = self._gather(r)
         sol = torch.cholesky_solve(rk.unsqueeze(-1) if r.ndim == 2 else rk, self.L)

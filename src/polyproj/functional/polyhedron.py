@@ -108,33 +108,32 @@ def _scale(sx, y):
 
 
 def _penalty_delta(u, un, old, eq):
-    """Exact ``q(un) − q(u)`` with q(s) = s_+² on inequality rows and s² on equality rows,
-    free of cancellation; ``old`` is the mask ``u > 0 | eq``."""
-    v = un - u
+    """``q(un) − q(u)`` with q(s) = s_+² on inequality rows and s² on equality rows;
+    ``old`` is the mask ``u > 0 | eq``."""
     new = (un > 0) | eq
-    both = v * (2 * u + v)
-    return torch.where(new, torch.where(old, both, un * un), torch.where(old, -u * u, torch.zeros_like(u)))
+    return (un * new).square() - (u * old).square()
 
 
 def _armijo_step(r, d, u, v, mask, slope, rho, eq):
     """Armijo step length along d for φ: t = 1 if it passes, else the first of 1/2, …, 2^-30
-    (only for the samples that need it).  Returns (t, took_full_step, stalled)."""
-    quad = (r * d).sum(-1) + 0.5 * (d * d).sum(-1)
-    pen = _penalty_delta(u, u + v, mask, eq).sum(-1) / (2 * rho)
-    full = quad + pen <= _ARMIJO * slope
+    (only for the samples that need it).  Returns (t, took_full_step, stalled); a sample
+    with no representable decrease sits at its minimiser (stalled, t = 0)."""
+    dd = (d * d).sum(-1)
+    rd = (r * d).sum(-1)
+    full = rd + 0.5 * dd + _penalty_delta(u, u + v, mask, eq).sum(-1) / (2 * rho) <= _ARMIJO * slope
+    if bool(full.all()):
+        return None, full, None
     t = torch.ones_like(slope)
     stalled = torch.zeros_like(full)
-    if not bool(full.all()):
-        idx = (~full).nonzero().flatten()
-        grid = _STEPS.to(r.device)[:, None]
-        ri, di, ui, vi, mi, si = r[idx], d[idx], u[idx], v[idx], mask[idx], slope[idx]
-        quad = grid * (ri * di).sum(-1) + 0.5 * grid ** 2 * (di * di).sum(-1)
-        pen = _penalty_delta(ui, ui + grid[..., None] * vi, mi, eq).sum(-1) / (2 * rho)
-        ok = quad + pen <= _ARMIJO * grid * si
-        found = ok.any(0)
-        # no decrease representable in floating point: the sample sits at its minimiser
-        t[idx] = torch.where(found, grid[:, 0][ok.to(torch.int8).argmax(0)], torch.zeros_like(si))
-        stalled[idx] = ~found
+    idx = (~full).nonzero().flatten()
+    grid = _STEPS.to(r.device)[:, None]
+    ui, vi, mi, si = u[idx], v[idx], mask[idx], slope[idx]
+    quad = grid * rd[idx] + 0.5 * grid ** 2 * dd[idx]
+    pen = _penalty_delta(ui, ui + grid[..., None] * vi, mi, eq).sum(-1) / (2 * rho)
+    ok = quad + pen <= _ARMIJO * grid * si
+    found = ok.any(0)
+    t[idx] = torch.where(found, grid[:, 0][ok.to(torch.int8).argmax(0)], torch.zeros_like(si))
+    stalled[idx] = ~found
     return t, full, stalled
 
 
@@ -147,61 +146,64 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
     N = x.shape[0]
     y = y.clone()
     steps = torch.zeros(N, dtype=torch.long, device=x.device)
-    live = None  # None: every sample
-    xs, ys, ns, ss = x, y, nu, sx
-    prev_mask = prev_ok = None
-    for _ in range(max_steps):
-        u = ns + rho * (ys @ C.T - c)
-        mask = (u > 0) | eq
-        nuhat = u * mask
-        grad = ys - xs + nuhat @ C
-        done = grad.abs().amax(-1) <= 1e-15 * _scale(ss, ys)
-        if prev_mask is not None:
-            done |= (mask == prev_mask).all(-1) & prev_ok
-        if bool(done.any()):
-            keep = (~done).nonzero().flatten()
+    u = nu + rho * (y @ C.T - c)  # penalty argument, updated along the steps
+    mask = (u > 0) | eq
+    gs = y - x + (u * mask) @ C
+    need = gs.abs().amax(-1) > 1e-15 * _scale(sx, y)
+    if bool(need.all()):
+        live, xs, ys, us, ms = None, x, y, u, mask
+    else:
+        live = need.nonzero().flatten()
+        if live.numel() == 0:
+            return y, steps
+        xs, ys, us, ms, gs = x[live], y[live], u[live], mask[live], gs[live]
+    for it in range(max_steps):
+        if it:
+            gs = ys - xs + (us * ms) @ C
+        # Woodbury: (I + ρCᵀWC)⁻¹ = I − CᵀW(I/ρ + WGW)⁻¹WC, one masked Cholesky per sample
+        d = MaskedCholesky(data.G, ms, 1.0 / rho).solve(gs @ C.T) @ C - gs
+        v = rho * (d @ C.T)
+        t, full, stalled = _armijo_step(ys - xs, d, us, v, ms, (gs * d).sum(-1), rho, eq)
+        if t is None:  # every sample took the full step
+            ys, us = ys + d, us + v
+            new_mask = (us > 0) | eq
+            done = (new_mask == ms).all(-1)
+        else:
+            ys, us = ys + t[:, None] * d, us + t[:, None] * v
+            new_mask = (us > 0) | eq
+            done = (full & (new_mask == ms).all(-1)) | stalled
+        ms = new_mask
+        last = it == max_steps - 1
+        if last or bool(done.any()):
+            # write finished samples back (all of them at the last step)
+            fin = torch.ones_like(done) if last else done
+            rows = fin.nonzero().flatten()
+            target = rows if live is None else live[rows]
+            y[target] = ys[rows]
+            steps[target] = it + 1
+            keep = (~fin).nonzero().flatten()
             if keep.numel() == 0:
                 break
             live = keep if live is None else live[keep]
-            xs, ys, ns, ss, u, mask, grad = xs[keep], ys[keep], ns[keep], ss[keep], u[keep], mask[keep], grad[keep]
-        # Woodbury: (I + ρCᵀWC)⁻¹ = I − CᵀW(I/ρ + WGW)⁻¹WC, one masked Cholesky per sample
-        h = MaskedCholesky(data.G, mask, 1.0 / rho).solve(grad @ C.T)
-        d = h @ C - grad
-        v = rho * (d @ C.T)
-        slope = (grad * d).sum(-1)
-        t, full, stalled = _armijo_step(ys - xs, d, u, v, mask, slope, rho, eq)
-        ys = ys + t[:, None] * d
-        if live is None:
-            y = ys
-            steps += 1
-        else:
-            y[live] = ys
-            steps[live] += 1
-        prev_mask, prev_ok = mask, full | stalled
-    if live is not None:
-        y[live] = ys
+            xs, ys, us, ms = xs[keep], ys[keep], us[keep], ms[keep]
     return y, steps
 
 
-def polish(data: PolyhedronData, x, y, nu, sx):
-    """Active-set polishing (module docstring, step 2): returns (y, ν, relative KKT) of the
-    better of the polished point (certified by its own multiplier or by ``nu``) and ``y``."""
-    z = y @ data.C.T
+def polish(data: PolyhedronData, x, zx, y, nu, sx):
+    """Active-set polishing (module docstring, step 2).
+
+    ``zx = C x``.  Returns the polished point, its certifying multiplier (its own minimum-norm
+    one, or ``nu`` where that is better) and its relative KKT residual."""
     s = _scale(sx, y)
-    chosen = data.eq | (nu > 0) | (data.c - z <= _POLISH_TAU * s[:, None])
-    rhs = (x @ data.C.T - data.c) * chosen
-    nu_p, _ = solve_consistent(data.G, chosen, rhs)
+    chosen = data.eq | (nu > 0) | (data.c - y @ data.C.T <= _POLISH_TAU * s[:, None])
+    nu_p, _ = solve_consistent(data.G, chosen, (zx - data.c) * chosen)
     y_p = x - nu_p @ data.C
     z_p = y_p @ data.C.T
     own = kkt_residual(data, x, y_p, nu_p, z_p)
     alm = kkt_residual(data, x, y_p, nu, z_p)
-    base = kkt_residual(data, x, y, nu, z) / s
-    kkt_p = torch.minimum(own, alm) / _scale(sx, y_p)
-    accept = (kkt_p <= base) & torch.isfinite(kkt_p)
-    nu_best = torch.where((own <= alm)[:, None], nu_p, nu)
-    y = torch.where(accept[:, None], y_p, y)
-    nu = torch.where(accept[:, None], nu_best, nu)
-    return y, nu, torch.where(accept, kkt_p, base)
+    use_own = own <= alm
+    kkt_p = torch.where(use_own, own, alm) / _scale(sx, y_p)
+    return y_p, torch.where(use_own[:, None], nu_p, nu), kkt_p.nan_to_num(float("inf"))
 
 
 def active_rows(data: PolyhedronData, x, y, nu, sx):
@@ -224,22 +226,24 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
     kkt = x.new_zeros(N) if data.K == 0 else torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
     steps = torch.zeros(N, dtype=torch.long, device=dev)
     if data.K and N:
+        zx = x @ data.C.T
         live = torch.arange(N, device=dev)
         y_best, nu_best = y.clone(), nu.clone()
         for _ in range(max_iter):
-            xs, ss = x[live], sx[live]
+            all_live = live.numel() == N
+            xs, ss, zs = (x, sx, zx) if all_live else (x[live], sx[live], zx[live])
             budget = max(1, min(50, max_iter - int(steps[live].max())))
-            ys, k = _inner_newton(data, xs, y[live], nu[live], ss, _RHO, budget)
+            ys, k = _inner_newton(data, xs, y if all_live else y[live], nu if all_live else nu[live], ss, _RHO, budget)
             steps[live] += k
-            ns = (nu[live] + _RHO * (ys @ data.C.T - data.c))
+            ns = (nu if all_live else nu[live]) + _RHO * (ys @ data.C.T - data.c)
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
-            yp, np_, kp = polish(data, xs, ys, ns, ss)
+            yp, np_, kp = polish(data, xs, zs, ys, ns, ss)
             better = kp < kkt[live]
             y_best[live] = torch.where(better[:, None], yp, y_best[live])
             nu_best[live] = torch.where(better[:, None], np_, nu_best[live])
             kkt[live] = torch.minimum(kp, kkt[live])
             y[live], nu[live] = yp, ns  # the ALM continues from ν_{k+1}; y is only a warm start
-            finished = (kkt[live] <= tol) | ~torch.isfinite(kp) | (steps[live] >= max_iter)
+            finished = (kkt[live] <= tol) | (steps[live] >= max_iter)
             live = live[~finished]
             if live.numel() == 0:
                 break
