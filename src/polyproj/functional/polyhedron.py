@@ -12,7 +12,7 @@ The rows of ``C = [A; B]`` are normalised to unit length beforehand (the set is 
 
 Algorithm
 ---------
-1. **Proximal augmented Lagrangian with semismooth Newton** (``alm_ssn``).  With multipliers
+1. **Proximal augmented Lagrangian with semismooth Newton** (``_inner_newton``).  With multipliers
    ``ν_k = (λ_k, μ_k)`` and penalty ρ, each outer step minimises the strongly convex,
    piecewise-quadratic function
 
@@ -21,16 +21,20 @@ Algorithm
    by semismooth Newton.  The generalised Hessian ``I + ρ CᵀWC`` (``W`` = rows with a
    positive penalty argument) is inverted through the Woodbury identity in the dual space:
    one batched Cholesky of ``W G W + I/ρ`` per step — positive definite for *any* active
-   set, so duplicated or dependent rows never make the step singular.  Steps use an Armijo
-   search evaluated in closed form on a grid of step lengths (cancellation-free).  Newton
-   on a piecewise quadratic terminates once the active pattern repeats with a full step.
+   set, so duplicated or dependent rows never make the step singular.  The full step is
+   taken where it gives Armijo decrease, otherwise the exact minimiser of φ_k along the
+   direction (a sorted breakpoint search on the piecewise-linear derivative, as in QPALM,
+   Hermans, Themelis & Patrinos 2022).  Newton on a piecewise quadratic terminates once the
+   active pattern repeats after a full step.
    Then ``ν_{k+1} = Π(ν_k + ρ(Cy−c))``; this is the proximal-point method on the dual, which
    converges for every polyhedron, degenerate or not (Rockafellar 1976).
 2. **Active-set polishing** (``polish``).  On ``Ĩ = {λ_i > 0} ∪ {slack_i ≤ τ}`` the point
    ``y = x − M_Ĩᵀ (M_Ĩ M_Ĩᵀ)⁺ (M_Ĩ x − c_Ĩ)`` is computed by iterated Tikhonov; it is accepted
    when its KKT residual, certified by the polished multiplier or by the ALM multiplier
-   (which stays valid when the minimum-norm multiplier of dependent rows is negative),
-   is no worse.
+   (which stays valid when the minimum-norm multiplier of dependent rows is negative).
+   Samples whose multiplier picks up rounding noise in the null space of dependent rows
+   are re-solved with a thresholded eigendecomposition.  A sample leaves as soon as its
+   certified residual is ≤ tol; the others continue the ALM from ``ν_{k+1}``.
 
 KKT residual (what ``info.kkt_residual`` reports), relative to ``s = max(‖x‖∞, ‖y‖∞)``:
 the largest of stationarity ``‖y − x + Aᵀλ + Bᵀμ‖∞``, primal violation
@@ -44,13 +48,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ._masked_linalg import MaskedCholesky, solve_consistent
+from ._masked_linalg import MaskedCholesky, pinv_solve, solve_consistent
 
 __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
 
-_STEPS = 2.0 ** -torch.arange(1, 31, dtype=torch.float64)  # backtracking grid 1/2, …, 2^-30
-_ARMIJO = 1e-4
-_RHO = 1e4  # ALM penalty for unit-norm rows (dimensionless)
+_RHO = 1e3  # ALM penalty for unit-norm rows (dimensionless)
 _POLISH_TAU = 1e-9  # rows with relative slack below this join the polishing set
 _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the backward
 
@@ -107,6 +109,9 @@ def _scale(sx, y):
     return torch.maximum(sx, y.abs().amax(-1)).clamp_min(1e-300)
 
 
+_ARMIJO = 1e-4
+
+
 def _penalty_delta(u, un, old, eq):
     """``q(un) − q(u)`` with q(s) = s_+² on inequality rows and s² on equality rows;
     ``old`` is the mask ``u > 0 | eq``."""
@@ -114,27 +119,40 @@ def _penalty_delta(u, un, old, eq):
     return (un * new).square() - (u * old).square()
 
 
-def _armijo_step(r, d, u, v, mask, slope, rho, eq):
-    """Armijo step length along d for φ: t = 1 if it passes, else the first of 1/2, …, 2^-30
-    (only for the samples that need it).  Returns (t, took_full_step, stalled); a sample
-    with no representable decrease sits at its minimiser (stalled, t = 0)."""
-    dd = (d * d).sum(-1)
-    rd = (r * d).sum(-1)
-    full = rd + 0.5 * dd + _penalty_delta(u, u + v, mask, eq).sum(-1) / (2 * rho) <= _ARMIJO * slope
-    if bool(full.all()):
-        return None, full, None
-    t = torch.ones_like(slope)
-    stalled = torch.zeros_like(full)
-    idx = (~full).nonzero().flatten()
-    grid = _STEPS.to(r.device)[:, None]
-    ui, vi, mi, si = u[idx], v[idx], mask[idx], slope[idx]
-    quad = grid * rd[idx] + 0.5 * grid ** 2 * dd[idx]
-    pen = _penalty_delta(ui, ui + grid[..., None] * vi, mi, eq).sum(-1) / (2 * rho)
-    ok = quad + pen <= _ARMIJO * grid * si
-    found = ok.any(0)
-    t[idx] = torch.where(found, grid[:, 0][ok.to(torch.int8).argmax(0)], torch.zeros_like(si))
-    stalled[idx] = ~found
-    return t, full, stalled
+def _full_step_ok(r, d, u, v, mask, slope, rho, eq):
+    """Armijo sufficient decrease for the full Newton step ``t = 1``."""
+    quad = (r * d).sum(-1) + 0.5 * (d * d).sum(-1)
+    return quad + _penalty_delta(u, u + v, mask, eq).sum(-1) / (2 * rho) <= _ARMIJO * slope
+
+
+def _exact_step(r, d, u, v, eq, rho):
+    """Exact minimiser ``t* ≥ 0`` of the convex piecewise quadratic ``t ↦ φ(y + t d)``.
+
+    With ``u = ν + ρ(Cy − c)`` and ``v = ρ C d``, ``ρ φ'(t) = ρ(r·d + t‖d‖²) +
+    Σ_i v_i p_i(u_i + t v_i)`` where ``p_i(s) = s_+`` on inequality rows and ``s`` on equality
+    rows: nondecreasing and piecewise linear, with a breakpoint where an inequality row
+    enters or leaves.  Breakpoints are sorted per sample, the slopes and intercepts of the
+    pieces accumulated, and the root located on its piece — so one step may cross many
+    kinks, unlike backtracking.  Returns ``(t, first_piece)``; ``first_piece`` means no
+    breakpoint was crossed."""
+    ineq = ~eq
+    active0 = eq | (u > 0) | ((u == 0) & (v > 0))
+    vu, vv = v * u, v * v
+    alpha0 = rho * (r * d).sum(-1) + (vu * active0).sum(-1)
+    beta0 = rho * (d * d).sum(-1) + (vv * active0).sum(-1)
+    enter = ineq & (u < 0) & (v > 0)
+    leave = ineq & (u > 0) & (v < 0)
+    bp = torch.where(enter | leave, -u / torch.where(v != 0, v, torch.ones_like(v)), torch.full_like(u, float("inf")))
+    T, order = torch.sort(bp, dim=-1)
+    sign = torch.where(enter, 1.0, -1.0).to(u.dtype).gather(1, order)
+    alpha = torch.cat([alpha0[:, None], alpha0[:, None] + torch.cumsum(sign * vu.gather(1, order) * torch.isfinite(T), -1)], 1)
+    beta = torch.cat([beta0[:, None], beta0[:, None] + torch.cumsum(sign * vv.gather(1, order) * torch.isfinite(T), -1)], 1)
+    beta = beta.clamp_min(torch.finfo(u.dtype).tiny)
+    T_next = torch.cat([T, torch.full_like(T[:, :1], float("inf"))], 1)
+    reach = alpha + beta * T_next >= 0  # the root lies on or before the end of this piece
+    k = reach.to(torch.int8).argmax(-1, keepdim=True)
+    t = (-alpha.gather(1, k) / beta.gather(1, k)).squeeze(1).clamp_min(0)
+    return t, k.squeeze(1) == 0
 
 
 def _inner_newton(data, x, y, nu, sx, rho, max_steps):
@@ -163,15 +181,21 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
         # Woodbury: (I + ρCᵀWC)⁻¹ = I − CᵀW(I/ρ + WGW)⁻¹WC, one masked Cholesky per sample
         d = MaskedCholesky(data.G, ms, 1.0 / rho).solve(gs @ C.T) @ C - gs
         v = rho * (d @ C.T)
-        t, full, stalled = _armijo_step(ys - xs, d, us, v, ms, (gs * d).sum(-1), rho, eq)
-        if t is None:  # every sample took the full step
+        # Full Newton step where it decreases φ enough, else the exact minimiser along d.
+        full = _full_step_ok(ys - xs, d, us, v, ms, (gs * d).sum(-1), rho, eq)
+        if bool(full.all()):
             ys, us = ys + d, us + v
             new_mask = (us > 0) | eq
             done = (new_mask == ms).all(-1)
         else:
+            t = torch.ones_like(full, dtype=d.dtype)
+            i = (~full).nonzero().flatten()
+            t[i] = _exact_step(ys[i] - xs[i], d[i], us[i], v[i], eq, rho)[0]
             ys, us = ys + t[:, None] * d, us + t[:, None] * v
             new_mask = (us > 0) | eq
-            done = (full & (new_mask == ms).all(-1)) | stalled
+            # exact minimiser once a full step leaves the pattern unchanged; t = 0: no
+            # decrease representable in floating point
+            done = (full & (new_mask == ms).all(-1)) | (t == 0)
         ms = new_mask
         last = it == max_steps - 1
         if last or bool(done.any()):
@@ -196,10 +220,24 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx):
     one, or ``nu`` where that is better) and its relative KKT residual."""
     s = _scale(sx, y)
     chosen = data.eq | (nu > 0) | (data.c - y @ data.C.T <= _POLISH_TAU * s[:, None])
-    nu_p, _ = solve_consistent(data.G, chosen, (zx - data.c) * chosen)
+    rhs = (zx - data.c) * chosen
+    nu_p, _ = solve_consistent(data.G, chosen, rhs)
     y_p = x - nu_p @ data.C
     z_p = y_p @ data.C.T
     own = kkt_residual(data, x, y_p, nu_p, z_p)
+    # Dependent rows: rounding noise in the null space of the active Gram matrix can make a
+    # zero multiplier slightly negative.  Recompute those samples' multipliers by a
+    # thresholded pseudo-inverse (exact minimum-norm, no null-space noise).
+    noisy = (own > 1e-3 * _POLISH_TAU * _scale(sx, y_p)) & ((nu_p < 0) & ~data.eq).any(-1)
+    if bool(noisy.any()):
+        i = noisy.nonzero().flatten()
+        nu_i = pinv_solve(data.G, chosen[i], rhs[i])
+        y_i = x[i] - nu_i @ data.C
+        z_i = y_i @ data.C.T
+        own_i = kkt_residual(data, x[i], y_i, nu_i, z_i)
+        better = own_i < own[i]
+        j = i[better]
+        nu_p[j], y_p[j], z_p[j], own[j] = nu_i[better], y_i[better], z_i[better], own_i[better]
     alm = kkt_residual(data, x, y_p, nu, z_p)
     use_own = own <= alm
     kkt_p = torch.where(use_own, own, alm) / _scale(sx, y_p)
