@@ -82,8 +82,9 @@ class Polyhedron(ConvexSet):
     B, b : (p, n) and (p,) arrays, optional
         Equality constraints ``B y = b``.  Give both or neither.
     check_feasibility : bool
-        Solve an LP (HiGHS) at construction and raise :class:`InfeasibleError`, with a Farkas
-        certificate naming the conflicting rows, when ``P`` is empty.  Default True.
+        Check at construction that ``P`` is nonempty (a certified projection of the origin,
+        or else an LP solved by HiGHS) and raise :class:`InfeasibleError`, with a Farkas
+        certificate naming the conflicting rows, when it is empty.  Default True.
 
     Data may be torch tensors, numpy arrays, scipy.sparse matrices or nested sequences; the
     set keeps float64 copies on the device of the tensors given (CPU otherwise).  Rows are
@@ -130,9 +131,13 @@ class Polyhedron(ConvexSet):
         self.event_shape = (n,)
         self._data, row_scale = self._normalise(A_t, a_t, B_t, b_t)
         if check_feasibility:
+            # A certified projection of the origin proves P nonempty, cheaply; only when it
+            # fails does the LP (HiGHS) decide, and produce a Farkas certificate if P is empty.
             D = self._data
-            C, c = D.C.cpu().numpy(), D.c.cpu().numpy()
-            check_nonempty(C[: D.m], c[: D.m], C[D.m:], c[D.m:], row_scale=row_scale.cpu().numpy())
+            probe = solve_polyhedron(D, A_t.new_zeros(1, n), tol=1e-9, max_iter=40)
+            if not bool(probe.converged.all()):
+                C, c = D.C.cpu().numpy(), D.c.cpu().numpy()
+                check_nonempty(C[: D.m], c[: D.m], C[D.m:], c[D.m:], row_scale=row_scale.cpu().numpy())
 
     @staticmethod
     def _normalise(A, a, B, b) -> tuple[PolyhedronData, torch.Tensor]:
