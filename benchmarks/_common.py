@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import subprocess
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -28,20 +26,6 @@ def commit() -> str | None:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
         return None
-
-
-def time_call(fn, *, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def write_json(path: Path, payload: dict) -> None:
