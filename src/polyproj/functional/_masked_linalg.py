@@ -27,7 +27,8 @@ _GATHER_ABOVE = 48
 
 
 class MaskedCholesky:
-    """Factorisation of ``W G W + δ I`` for each row of the (N, K) bool mask ``mask``.
+    """Factorisation of ``W G W + δ I`` for each row of the (N, K) bool mask ``mask``
+    (``δ`` a float or one value per sample).
 
     ``solve(r)`` returns ``(W G W + δI)⁻¹ r`` for r of shape (N, K) or (N, K, q), whose entries
     off the mask are ignored (their solution entries are 0).  ``matvec(v)`` returns ``W G W v``.
@@ -42,7 +43,7 @@ class MaskedCholesky:
             self.idx = None
             self.w = mask.to(G.dtype)
             H = G * (self.w.unsqueeze(-1) * self.w.unsqueeze(-2))
-            H.diagonal(dim1=-2, dim2=-1).add_(delta)
+            H.diagonal(dim1=-2, dim2=-1).add_(delta.unsqueeze(-1) if isinstance(delta, torch.Tensor) else delta)
             self.L = self._factor(H)
             return
         # selected rows first (stable), then padding rows that stay pinned by the identity
@@ -56,7 +57,7 @@ class MaskedCholesky:
             ii = order[sl]
             w = self.w[sl]
             H = torch.take(G, ii.unsqueeze(-1) * K + ii.unsqueeze(-2)) * (w.unsqueeze(-1) * w.unsqueeze(-2))
-            H.diagonal(dim1=-2, dim2=-1).add_(delta)
+            H.diagonal(dim1=-2, dim2=-1).add_(delta[sl].unsqueeze(-1) if isinstance(delta, torch.Tensor) else delta)
             self.L[sl] = self._factor(H)
 
     @staticmethod

@@ -52,7 +52,10 @@ from ._masked_linalg import MaskedCholesky, pinv_solve, solve_consistent
 
 __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
 
-_RHO = 1e3  # ALM penalty for unit-norm rows (dimensionless)
+# ALM penalty for unit-norm rows (dimensionless); raised ×10 for a sample whose primal
+# residual falls by less than 4× in a round, up to _RHO_MAX (the penalty argument carries
+# rounding ρ·eps·‖y‖, so it stays well below 1/eps).
+_RHO, _RHO_GROWTH, _RHO_MAX = 1e3, 10.0, 1e7
 _POLISH_TAU = 1e-9  # rows with relative slack below this join the polishing set
 _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the backward
 
@@ -156,7 +159,8 @@ def _exact_step(r, d, u, v, eq, rho):
 
 
 def _inner_newton(data, x, y, nu, sx, rho, max_steps):
-    """Semismooth Newton on φ_k (module docstring) for every row of the batch.
+    """Semismooth Newton on φ_k (module docstring) for every row of the batch; ``rho`` holds
+    one penalty per sample.
 
     Finite termination: the iterate is the exact minimiser once the active pattern repeats
     after a full step.  Finished samples leave the working set.  Returns (y, steps)."""
@@ -164,25 +168,25 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
     N = x.shape[0]
     y = y.clone()
     steps = torch.zeros(N, dtype=torch.long, device=x.device)
-    u = nu + rho * (y @ C.T - c)  # penalty argument, updated along the steps
+    u = nu + rho[:, None] * (y @ C.T - c)  # penalty argument, updated along the steps
     mask = (u > 0) | eq
     gs = y - x + (u * mask) @ C
     need = gs.abs().amax(-1) > 1e-15 * _scale(sx, y)
     if bool(need.all()):
-        live, xs, ys, us, ms = None, x, y, u, mask
+        live, xs, ys, us, ms, rs = None, x, y, u, mask, rho
     else:
         live = need.nonzero().flatten()
         if live.numel() == 0:
             return y, steps
-        xs, ys, us, ms, gs = x[live], y[live], u[live], mask[live], gs[live]
+        xs, ys, us, ms, gs, rs = x[live], y[live], u[live], mask[live], gs[live], rho[live]
     for it in range(max_steps):
         if it:
             gs = ys - xs + (us * ms) @ C
         # Woodbury: (I + ρCᵀWC)⁻¹ = I − CᵀW(I/ρ + WGW)⁻¹WC, one masked Cholesky per sample
-        d = MaskedCholesky(data.G, ms, 1.0 / rho).solve(gs @ C.T) @ C - gs
-        v = rho * (d @ C.T)
+        d = MaskedCholesky(data.G, ms, 1.0 / rs).solve(gs @ C.T) @ C - gs
+        v = rs[:, None] * (d @ C.T)
         # Full Newton step where it decreases φ enough, else the exact minimiser along d.
-        full = _full_step_ok(ys - xs, d, us, v, ms, (gs * d).sum(-1), rho, eq)
+        full = _full_step_ok(ys - xs, d, us, v, ms, (gs * d).sum(-1), rs, eq)
         if bool(full.all()):
             ys, us = ys + d, us + v
             new_mask = (us > 0) | eq
@@ -190,7 +194,7 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
         else:
             t = torch.ones_like(full, dtype=d.dtype)
             i = (~full).nonzero().flatten()
-            t[i] = _exact_step(ys[i] - xs[i], d[i], us[i], v[i], eq, rho)[0]
+            t[i] = _exact_step(ys[i] - xs[i], d[i], us[i], v[i], eq, rs[i])[0]
             ys, us = ys + t[:, None] * d, us + t[:, None] * v
             new_mask = (us > 0) | eq
             # exact minimiser once a full step leaves the pattern unchanged; t = 0: no
@@ -209,7 +213,7 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
             if keep.numel() == 0:
                 break
             live = keep if live is None else live[keep]
-            xs, ys, us, ms = xs[keep], ys[keep], us[keep], ms[keep]
+            xs, ys, us, ms, rs = xs[keep], ys[keep], us[keep], ms[keep], rs[keep]
     return y, steps
 
 
@@ -267,13 +271,16 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
         zx = x @ data.C.T
         live = torch.arange(N, device=dev)
         y_best, nu_best = y.clone(), nu.clone()
+        rho = torch.full((N,), _RHO, dtype=x.dtype, device=dev)
+        viol_prev = torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
         for _ in range(max_iter):
             all_live = live.numel() == N
-            xs, ss, zs = (x, sx, zx) if all_live else (x[live], sx[live], zx[live])
+            xs, ss, zs, rs = (x, sx, zx, rho) if all_live else (x[live], sx[live], zx[live], rho[live])
             budget = max(1, min(50, max_iter - int(steps[live].max())))
-            ys, k = _inner_newton(data, xs, y if all_live else y[live], nu if all_live else nu[live], ss, _RHO, budget)
+            ys, k = _inner_newton(data, xs, y if all_live else y[live], nu if all_live else nu[live], ss, rs, budget)
             steps[live] += k
-            ns = (nu if all_live else nu[live]) + _RHO * (ys @ data.C.T - data.c)
+            r = ys @ data.C.T - data.c
+            ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
             yp, np_, kp = polish(data, xs, zs, ys, ns, ss)
             better = kp < kkt[live]
@@ -281,6 +288,11 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             nu_best[live] = torch.where(better[:, None], np_, nu_best[live])
             kkt[live] = torch.minimum(kp, kkt[live])
             y[live], nu[live] = yp, ns  # the ALM continues from ν_{k+1}; y is only a warm start
+            # penalty update: ×10 where the ALM primal residual fell by less than 4×
+            viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1) if data.K else r.new_zeros(r.shape[0])
+            slow = viol > 0.25 * viol_prev[live]
+            rho[live] = torch.where(slow, (rs * _RHO_GROWTH).clamp_max(_RHO_MAX), rs)
+            viol_prev[live] = viol
             finished = (kkt[live] <= tol) | (steps[live] >= max_iter)
             live = live[~finished]
             if live.numel() == 0:
