@@ -77,3 +77,30 @@ def random_instance(rng, n=10, m=12, p=2, batch=8, spread=3.0):
     A, a, B, b, y0 = random_polyhedron(rng, n, m, p)
     X = y0 + spread * rng.standard_normal((batch, n))
     return A, a, B, b, X
+
+
+def fuzz_instance(rng, *, max_n: int = 8, max_m: int = 14):
+    """A random polyhedron with degenerate features drawn at random — duplicated, scaled and
+    summed rows, rank-deficient ``B``, rows through a common point (weakly/strongly active,
+    more than n active), scales 1e-6…1e6 — and points around it.  Always nonempty."""
+    n = int(rng.integers(1, max_n + 1))
+    m = int(rng.integers(0, max_m + 1))
+    p = int(rng.integers(0, min(3, n) + 1))
+    if m + p == 0:
+        m = 1
+    scale = 10.0 ** int(rng.integers(-6, 7))
+    A = rng.standard_normal((m, n))
+    B = rng.standard_normal((p, n))
+    for _ in range(int(rng.integers(0, 4))):
+        if m >= 2:
+            i, j, k = rng.integers(0, m, 3)
+            kind = rng.integers(0, 3)
+            A[k] = A[i] if kind == 0 else (rng.uniform(0.1, 10) * A[i] if kind == 1 else A[i] + A[j])
+    if p >= 2 and rng.random() < 0.5:
+        B[-1] = 2.0 * B[0]
+    y0 = rng.standard_normal(n)
+    tight = rng.random(m) < rng.random()
+    a = A @ y0 + np.where(tight, 0.0, rng.uniform(0.0, 1.0, m))
+    b = B @ y0
+    X = y0 + rng.choice([0.1, 1.0, 10.0]) * rng.standard_normal((4, n))
+    return A, a * scale, B, b * scale, X * scale

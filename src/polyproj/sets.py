@@ -131,11 +131,12 @@ class Polyhedron(ConvexSet):
         self.event_shape = (n,)
         self._data, row_scale = self._normalise(A_t, a_t, B_t, b_t)
         if check_feasibility:
-            # A certified projection of the origin proves P nonempty, cheaply; only when it
-            # fails does the LP (HiGHS) decide, and produce a Farkas certificate if P is empty.
+            # A feasible point found by projecting the origin proves P nonempty, cheaply; only
+            # when none is found does the LP (HiGHS) decide, with a Farkas certificate if empty.
             D = self._data
             probe = solve_polyhedron(D, A_t.new_zeros(1, n), tol=1e-9, max_iter=40)
-            if not bool(probe.converged.all()):
+            feasible = bool(self._violation(probe.y) <= 1e-9 * max(1.0, float(D.c.abs().max()) if D.K else 1.0))
+            if not feasible:
                 C, c = D.C.cpu().numpy(), D.c.cpu().numpy()
                 check_nonempty(C[: D.m], c[: D.m], C[D.m:], c[D.m:], row_scale=row_scale.cpu().numpy())
 

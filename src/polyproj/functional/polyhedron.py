@@ -232,7 +232,9 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx):
     # Dependent rows: rounding noise in the null space of the active Gram matrix can make a
     # zero multiplier slightly negative.  Recompute those samples' multipliers by a
     # thresholded pseudo-inverse (exact minimum-norm, no null-space noise).
-    noisy = (own > 1e-3 * _POLISH_TAU * _scale(sx, y_p)) & ((nu_p < 0) & ~data.eq).any(-1)
+    r_p = z_p - data.c
+    primal_ok = torch.where(data.eq, r_p.abs(), r_p.clamp_min(0)).amax(-1) <= 1e-3 * _POLISH_TAU * _scale(sx, y_p)
+    noisy = primal_ok & (own > 1e-3 * _POLISH_TAU * _scale(sx, y_p)) & ((nu_p < 0) & ~data.eq).any(-1)
     if bool(noisy.any()):
         i = noisy.nonzero().flatten()
         nu_i = pinv_solve(data.G, chosen[i], rhs[i])
