@@ -50,6 +50,22 @@ CASES = [
     (lambda: pp.Projection(I2), ValueError, r"P must be a polyproj constraint set"),
     (lambda: pp.Projection(P_OK, max_iter=-1), ValueError, r"max_iter must be a positive integer"),
     (lambda: P_OK.contains(torch.zeros(3, dtype=F64)), ValueError, r"y must have shape"),
+    # structured sets
+    (lambda: pp.Box([0.0, 0.0], [1.0]), ValueError, r"lower and upper must have the same shape"),
+    (lambda: pp.Box([0.0, 2.0], [1.0, 1.0]), pp.InfeasibleError, r"box is empty: lower\[1\] = 2.0 > upper\[1\] = 1.0"),
+    (lambda: pp.Box([0.0, np.nan], [1.0, 1.0]), ValueError, r"lower must not contain NaN"),
+    (lambda: pp.Box([np.inf], [np.inf]), ValueError, r"lower may not contain \+inf"),
+    (lambda: pp.Box(np.zeros((2, 2)), np.ones((2, 2))), ValueError, r"lower must be a 1-D array"),
+    (lambda: pp.HalfSpace([0.0, 0.0], 1.0), ValueError, r"c must be nonzero"),
+    (lambda: pp.HalfSpace([1.0, np.nan], 1.0), ValueError, r"c must be finite"),
+    (lambda: pp.HalfSpace([1.0, 1.0], np.inf), ValueError, r"beta must be finite"),
+    (lambda: pp.HalfSpace([1.0, 1.0], "a"), ValueError, r"beta must be a real scalar"),
+    (lambda: pp.Simplex(total=-1.0), pp.InfeasibleError, r"total = -1.0 < 0 is empty"),
+    (lambda: pp.Simplex(total=float("nan")), ValueError, r"total must be finite"),
+    (lambda: pp.CappedSimplex([0.0, 0.0], [0.4, 0.4], 1.0), pp.InfeasibleError, r"outside \[sum\(lower\), sum\(upper\)\]"),
+    (lambda: pp.CappedSimplex([0.0, -np.inf], [1.0, 1.0], 1.0), ValueError, r"lower must be finite"),
+    (lambda: pp.project(torch.zeros(3, dtype=F64), pp.Box([0.0, 0.0], [1.0, 1.0])), ValueError, r"x must have shape \(\.\.\., 2\)"),
+    (lambda: pp.project(torch.zeros(3, 0, dtype=F64), pp.Simplex()), ValueError, r"x must have shape \(\.\.\., n\)"),
 ]
 
 

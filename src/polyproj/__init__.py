@@ -10,17 +10,22 @@ from ._errors import ConvergenceError, ConvergenceWarning, InfeasibleError
 from .nn import Projection
 from .project import ProjectionInfo, hs_jacobian, project
 from .sets import ConvexSet, Polyhedron
+from .structured import Box, CappedSimplex, HalfSpace, Simplex
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Box",
+    "CappedSimplex",
     "ConvergenceError",
     "ConvergenceWarning",
     "ConvexSet",
+    "HalfSpace",
     "InfeasibleError",
     "Polyhedron",
     "Projection",
     "ProjectionInfo",
+    "Simplex",
     "hs_jacobian",
     "project",
 ]

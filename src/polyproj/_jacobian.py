@@ -49,3 +49,40 @@ def explicit_jacobian(C: torch.Tensor, G: torch.Tensor, active: torch.Tensor, n:
     nu, _ = solve_consistent(G, active, rhs)
     J = eye - C.T.unsqueeze(0) @ nu
     return 0.5 * (J + J.transpose(-1, -2))
+
+
+# --- closed forms (DESIGN §5); each equals the generic P₀ of the set written as a polyhedron
+
+
+def box_product(free: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Box ``[l, u]``: ``J = Diag(f)``, ``f`` = coordinates strictly between their bounds."""
+    return g * free
+
+
+def box_jacobian(free: torch.Tensor) -> torch.Tensor:
+    return torch.diag_embed(free.to(torch.float64))
+
+
+def halfspace_product(c: torch.Tensor, active: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``{c·y ≤ β}``: ``J = I − ccᵀ/‖c‖²`` where the constraint is active (``c·x ≥ β``), else ``I``."""
+    return g - (active[:, 0] * (g @ c) / (c @ c))[:, None] * c
+
+
+def halfspace_jacobian(c: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    n = c.shape[0]
+    eye = torch.eye(n, dtype=c.dtype, device=c.device)
+    return eye - active[:, :1, None] * (torch.outer(c, c) / (c @ c))
+
+
+def face_product(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Simplex (``f`` = support) and capped simplex (``f`` = free coordinates):
+    ``J g = f ⊙ (g − (fᵀg)/|F|)``, and ``J = 0`` when ``F = ∅``."""
+    ff = f.to(g.dtype)
+    count = ff.sum(-1, keepdim=True)
+    return ff * (g - (ff * g).sum(-1, keepdim=True) / count.clamp_min(1))
+
+
+def face_jacobian(f: torch.Tensor) -> torch.Tensor:
+    ff = f.to(torch.float64)
+    count = ff.sum(-1).clamp_min(1)[:, None, None]
+    return torch.diag_embed(ff) - ff[:, :, None] * ff[:, None, :] / count

@@ -59,8 +59,9 @@ def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device
     if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must have dtype torch.float32 or torch.float64, got {x.dtype}")
     k = len(event_shape)
-    if x.ndim < k or tuple(x.shape[x.ndim - k:]) != tuple(event_shape):
-        expected = "(..., " + ", ".join(map(str, event_shape)) + ")"
+    trailing = tuple(x.shape[x.ndim - k:]) if x.ndim >= k else ()
+    if x.ndim < k or any(e != -1 and t != e for t, e in zip(trailing, event_shape)) or (k and min(trailing) < 1):
+        expected = "(..., " + ", ".join("n" if e == -1 else str(e) for e in event_shape) + ")"
         raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
     if x.device != device and not (x.device.type == device.type and device.index is None):
         raise ValueError(

@@ -48,8 +48,8 @@ def _run(x, pset, tol, max_iter, on_failure):
     max_iter = check_positive_int(max_iter, "max_iter")
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
     k = len(pset.event_shape)
-    batch = x.shape[: x.ndim - k]
-    flat = x.reshape(-1, *pset.event_shape).to(torch.float64)
+    batch, event = x.shape[: x.ndim - k], x.shape[x.ndim - k:]
+    flat = x.reshape(-1, *event).to(torch.float64)
     y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, pset, tol, max_iter)
     info = ProjectionInfo(
         active=active.reshape(*batch, active.shape[-1]),

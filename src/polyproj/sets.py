@@ -66,8 +66,9 @@ class ConvexSet:
         """Whether each point of ``y`` (..., *event_shape) lies in the set, up to a violation of
         ``tol · max(1, ‖y‖∞)`` on the normalised constraints.  Returns a bool tensor (...)."""
         y = check_input(y, "y", self.event_shape, self.device)
-        batch = y.shape[: y.ndim - len(self.event_shape)]
-        flat = y.detach().reshape(-1, *self.event_shape).to(torch.float64)
+        k = len(self.event_shape)
+        batch = y.shape[: y.ndim - k]
+        flat = y.detach().reshape(-1, *y.shape[y.ndim - k:]).to(torch.float64)
         scale = flat.flatten(1).abs().amax(-1).clamp_min(1.0) if flat.numel() else flat.new_ones(flat.shape[0])
         return (self._violation(flat) <= tol * scale).reshape(batch)
 

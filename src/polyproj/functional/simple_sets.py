@@ -14,27 +14,37 @@ r"""Exact forward solvers for the sets with threshold structure (no autograd ins
 
 Each returns ``(y, active, kkt)`` with ``active`` the inequality rows (in the order of the
 set's canonical polyhedron) that hold with equality and ``kkt`` the relative KKT residual.
+A row counts as active when its slack is at most ``ACTIVE_TAU · max(‖x‖∞, ‖y‖∞)`` — the
+tolerance of the general polyhedron, so that a coordinate left at 1e-17 by rounding is at its
+bound (DESIGN §4: only misclassified *strongly* active rows change J, and these are not).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .polyhedron import _ACTIVE_TAU as ACTIVE_TAU
+
 
 def _scale(x, y):
     return torch.maximum(x.abs().amax(-1), y.abs().amax(-1)).clamp_min(1e-300)
 
 
+def _tau(x, y):
+    return ACTIVE_TAU * _scale(x, y)[:, None]
+
+
 def project_box(x, lower, upper):
     y = torch.minimum(torch.maximum(x, lower), upper)
-    active = torch.cat([y >= upper, y <= lower], -1)  # rows y ≤ u, then −y ≤ −l
+    tau = _tau(x, y)
+    active = torch.cat([y >= upper - tau, y <= lower + tau], -1)  # rows y ≤ u, then −y ≤ −l
     return y, active, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
 
 def project_halfspace(x, c, beta):
     excess = x @ c - beta
     y = x - (excess.clamp_min(0) / (c @ c))[:, None] * c
-    active = (excess >= 0)[:, None]
+    active = (beta - y @ c <= _tau(x, y)[:, 0] * c.norm())[:, None]
     viol = (y @ c - beta).clamp_min(0) / c.norm()
     return y, active, viol / _scale(x, y)
 
@@ -50,7 +60,7 @@ def project_simplex(x, total):
     tau = css.gather(1, rho[:, None]) / (rho[:, None] + 1).to(x.dtype)
     y = (x - tau).clamp_min(0)
     kkt = (y.sum(-1) - total).abs() / _scale(x, y)
-    return y, y <= 0, kkt
+    return y, y <= _tau(x, y), kkt
 
 
 def capped_threshold(x, lower, upper, total):
@@ -82,6 +92,7 @@ def project_capped_simplex(x, lower, upper, total):
     y_exact = torch.minimum(torch.maximum(x - tau_exact, lower), upper)
     same = ((x - tau_exact > lower) & (x - tau_exact < upper) == F).all(-1, keepdim=True) & (nF > 0)
     y = torch.where(same, y_exact, y)
-    active = torch.cat([y >= upper, y <= lower], -1)
+    t = _tau(x, y)
+    active = torch.cat([y >= upper - t, y <= lower + t], -1)
     kkt = (y.sum(-1) - total).abs() / _scale(x, y)
     return y, active, kkt
