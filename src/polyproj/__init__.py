@@ -10,11 +10,12 @@ from ._errors import ConvergenceError, ConvergenceWarning, InfeasibleError
 from .nn import Projection
 from .project import ProjectionInfo, hs_jacobian, project
 from .sets import ConvexSet, Polyhedron
-from .structured import Box, CappedSimplex, HalfSpace, Simplex
+from .structured import Birkhoff, Box, CappedSimplex, HalfSpace, Simplex, Transportation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Birkhoff",
     "Box",
     "CappedSimplex",
     "ConvergenceError",
@@ -26,6 +27,7 @@ __all__ = [
     "Projection",
     "ProjectionInfo",
     "Simplex",
+    "Transportation",
     "hs_jacobian",
     "project",
 ]

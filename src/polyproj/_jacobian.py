@@ -86,3 +86,31 @@ def face_jacobian(f: torch.Tensor) -> torch.Tensor:
     ff = f.to(torch.float64)
     count = ff.sum(-1).clamp_min(1)[:, None, None]
     return torch.diag_embed(ff) - ff[:, :, None] * ff[:, None, :] / count
+
+
+def transport_product(support: torch.Tensor, G: torch.Tensor):
+    """Transportation/Birkhoff: ``J(G) = Θ ⊙ (G − α1ᵀ − 1βᵀ)`` with the minimum-norm solution
+    of ``L [α; β] = [(Θ⊙G)1; (Θ⊙G)ᵀ1]``, ``L`` the signless Laplacian of the support graph
+    (singular on every connected component; iterated Tikhonov gives the pseudo-inverse
+    solution).  Returns ``(J(G), α, β)``; ``(α, β)`` is also the gradient for ``(r, c)``."""
+    from .functional._masked_linalg import solve_consistent_batched
+    from .functional.transport import _laplacian
+
+    theta = support.to(G.dtype)
+    m = G.shape[1]
+    TG = theta * G
+    ab = solve_consistent_batched(_laplacian(theta), torch.cat([TG.sum(2), TG.sum(1)], 1))
+    alpha, beta = ab[:, :m], ab[:, m:]
+    return theta * (G - alpha[:, :, None] - beta[:, None, :]), alpha, beta
+
+
+def transport_jacobian(support: torch.Tensor) -> torch.Tensor:
+    """Explicit (N, mn, mn) Jacobian by applying :func:`transport_product` to a basis."""
+    N, m, n = support.shape
+    k = m * n
+    basis = torch.eye(k, dtype=torch.float64, device=support.device).reshape(k, m, n)
+    G = basis.unsqueeze(0).expand(N, k, m, n).reshape(N * k, m, n)
+    S = support.unsqueeze(1).expand(N, k, m, n).reshape(N * k, m, n)
+    JG, _, _ = transport_product(S, G)
+    J = JG.reshape(N, k, k)  # row j holds J e_j; J is symmetric
+    return 0.5 * (J + J.mT)

@@ -21,7 +21,7 @@ class ProjectionInfo:
 
     Attributes
     ----------
-    active : (..., m) bool tensor
+    active : (..., m) bool tensor, or (..., m, n) for matrix-valued sets
         Inequality constraints active at the output (the set ``I`` of the HS-Jacobian).
     kkt_residual : (...,) float64 tensor
         Relative KKT residual of the output (see the set's docstring).
@@ -49,10 +49,12 @@ def _run(x, pset, tol, max_iter, on_failure):
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
     k = len(pset.event_shape)
     batch, event = x.shape[: x.ndim - k], x.shape[x.ndim - k:]
+    if hasattr(pset, "_validate_event"):
+        pset._validate_event(event)
     flat = x.reshape(-1, *event).to(torch.float64)
     y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, pset, tol, max_iter)
     info = ProjectionInfo(
-        active=active.reshape(*batch, active.shape[-1]),
+        active=active.reshape(*batch, *active.shape[1:]),
         kkt_residual=kkt.reshape(batch),
         iterations=iters.reshape(batch),
         converged=conv.reshape(batch),

@@ -67,6 +67,8 @@ class ConvexSet:
         ``tol · max(1, ‖y‖∞)`` on the normalised constraints.  Returns a bool tensor (...)."""
         y = check_input(y, "y", self.event_shape, self.device)
         k = len(self.event_shape)
+        if hasattr(self, "_validate_event"):
+            self._validate_event(y.shape[y.ndim - k:])
         batch = y.shape[: y.ndim - k]
         flat = y.detach().reshape(-1, *y.shape[y.ndim - k:]).to(torch.float64)
         scale = flat.flatten(1).abs().amax(-1).clamp_min(1.0) if flat.numel() else flat.new_ones(flat.shape[0])

@@ -161,3 +161,32 @@ def pinv_solve(G: torch.Tensor, mask: torch.Tensor, r: torch.Tensor, *, rcond: f
     inv = torch.where(keep, 1.0 / torch.where(keep, e, torch.ones_like(e)), torch.zeros_like(e))
     sol = (Q @ (inv.unsqueeze(-1) * (Q.mT @ (w * r.gather(1, idx)).unsqueeze(-1)))).squeeze(-1) * w
     return torch.zeros_like(r).scatter_(1, idx, sol)
+
+
+def solve_consistent_batched(H: torch.Tensor, r: torch.Tensor, *, delta: float = 1e-10, max_refine: int = 30,
+                             rtol: float = 1e-13) -> torch.Tensor:
+    """Minimum-norm solution of consistent, possibly singular, per-sample systems
+    ``H_s ν = r_s`` (H: (N, k, k) symmetric positive semidefinite) by iterated Tikhonov, as in
+    :func:`solve_consistent` (``δ`` relative to the largest diagonal entry of each ``H_s``)."""
+    if H.shape[0] == 0:
+        return torch.zeros_like(r)
+    scale = H.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(H.dtype).tiny)
+    Hr = H.clone()
+    Hr.diagonal(dim1=-2, dim2=-1).add_((delta * scale)[:, None])
+    L, info = torch.linalg.cholesky_ex(Hr)
+    if bool((info != 0).any()):
+        raise FloatingPointError("Cholesky factorisation of a regularised Laplacian failed (non-finite data?)")
+    r_norm = r.norm(dim=-1).clamp_min(torch.finfo(r.dtype).tiny)
+    nu = torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+    rel = (r - (H @ nu.unsqueeze(-1)).squeeze(-1)).norm(dim=-1) / r_norm
+    for _ in range(max_refine - 1):
+        if bool((rel <= rtol).all()):
+            break
+        res = r - (H @ nu.unsqueeze(-1)).squeeze(-1)
+        nu = nu + torch.cholesky_solve(res.unsqueeze(-1), L).squeeze(-1)
+        new_rel = (r - (H @ nu.unsqueeze(-1)).squeeze(-1)).norm(dim=-1) / r_norm
+        stalled = bool((new_rel >= 0.5 * rel).all())
+        rel = new_rel
+        if stalled:
+            break
+    return nu

@@ -1,0 +1,95 @@
+"""Transportation and Birkhoff polytopes: the same contract as the vector sets, on matrices,
+including a support graph with several connected components."""
+
+import numpy as np
+import pytest
+import torch
+
+import polyproj as pp
+from polyproj.testing import certify_projection
+
+F64 = torch.float64
+
+
+def _sets():
+    T = pp.Transportation(torch.tensor([0.5, 1.0, 1.5], dtype=F64), torch.tensor([1.0, 0.2, 0.8, 1.0], dtype=F64))
+    return [(T, T.as_polyhedron(), (3, 4)), (pp.Birkhoff(), pp.Birkhoff().as_polyhedron(4), (4, 4))]
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_agrees_with_generic_polyhedron_and_certificate(k):
+    S, P, shape = _sets()[k]
+    x = torch.tensor(np.random.default_rng(k).standard_normal((5, *shape)))
+    y, info = pp.project(x, S, return_info=True)
+    yp, infop = pp.project(x.reshape(5, -1), P, return_info=True)
+    assert info.active.shape == (5, *shape)
+    assert torch.allclose(y.reshape(5, -1), yp, atol=1e-10, rtol=0)
+    assert torch.equal(info.active.reshape(5, -1), infop.active)
+    assert bool(S.contains(y).all()) and float(y.min()) >= 0
+    D = P._data
+    C, c = D.C.numpy(), D.c.numpy()
+    for xk, yk in zip(x.reshape(5, -1).numpy(), y.reshape(5, -1).numpy()):
+        assert certify_projection(xk, yk, C[: D.m], c[: D.m], C[D.m:], c[D.m:])["kkt"] <= 1e-9
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_jacobian_equals_generic_and_backward(k):
+    S, P, shape = _sets()[k]
+    x = torch.tensor(np.random.default_rng(10 + k).standard_normal((4, *shape)))
+    J = pp.hs_jacobian(x, S)
+    Jp = pp.hs_jacobian(x.reshape(4, -1), P)
+    assert torch.allclose(J, Jp, atol=1e-9)
+    assert torch.allclose(J, J.mT, atol=1e-12) and torch.allclose(J @ J, J, atol=1e-10)
+    g = torch.randn_like(x)
+    xr = x.clone().requires_grad_()
+    (pp.project(xr, S) * g).sum().backward()
+    assert torch.allclose(xr.grad.reshape(4, -1), torch.einsum("bij,bj->bi", J, g.reshape(4, -1)), atol=1e-10)
+
+
+def test_support_with_two_components():
+    """A block-diagonal support: the signless Laplacian has a two-dimensional kernel."""
+    big = torch.tensor([[3.0, 2.5, -9, -9], [2.0, 3.5, -9, -9], [-9, -9, 1.0, 2.0], [-9, -9, 2.2, 1.1]], dtype=F64)
+    y, info = pp.project(big, pp.Birkhoff(), return_info=True)
+    support = ~info.active
+    assert bool(support[:2, 2:].logical_not().all()) and bool(support[2:, :2].logical_not().all())
+    J = pp.hs_jacobian(big, pp.Birkhoff())
+    Jp = pp.hs_jacobian(big.reshape(16), pp.Birkhoff().as_polyhedron(4))
+    assert torch.allclose(J, Jp, atol=1e-10)
+    g = torch.randn(4, 4, dtype=F64)
+    xr = big.clone().requires_grad_()
+    (pp.project(xr, pp.Birkhoff()) * g).sum().backward()
+    assert torch.allclose(xr.grad.reshape(16), J @ g.reshape(16), atol=1e-10)
+
+
+def test_gradcheck_birkhoff():
+    x = torch.tensor(np.random.default_rng(5).standard_normal((2, 3, 3)), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: pp.project(z, pp.Birkhoff()), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_batched_equals_looped_and_float32():
+    x = torch.tensor(np.random.default_rng(6).standard_normal((2, 3, 5, 5)))
+    y = pp.project(x, pp.Birkhoff())
+    looped = torch.stack([pp.project(v, pp.Birkhoff()) for v in x.reshape(6, 5, 5)]).reshape(2, 3, 5, 5)
+    assert torch.allclose(y, looped, atol=1e-12, rtol=0)
+    y32 = pp.project(x.float(), pp.Birkhoff())
+    assert y32.dtype == torch.float32 and torch.allclose(y32.double(), y, atol=1e-6)
+    assert float((y.sum(-1) - 1).abs().max()) <= 1e-11 and float((y.sum(-2) - 1).abs().max()) <= 1e-11
+
+
+def test_hand_example():
+    X = pp.project(torch.tensor([[0.0, 0.0], [0.0, 0.0]], dtype=F64), pp.Birkhoff())
+    assert torch.allclose(X, torch.full((2, 2), 0.5, dtype=F64), atol=1e-14)
+
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda: pp.Transportation([1.0, -1.0], [0.0, 0.0]), pp.InfeasibleError, r"row_sums\[1\] = -1.0 < 0"),
+    (lambda: pp.Transportation([1.0, 1.0], [1.0, 2.0]), pp.InfeasibleError, r"sum\(row_sums\) = 2.0 != sum\(col_sums\) = 3.0"),
+    (lambda: pp.Transportation([[1.0]], [1.0]), ValueError, r"row_sums must have 1 dimension"),
+    (lambda: pp.Transportation([1.0, np.nan], [1.0, 1.0]), ValueError, r"row_sums must be finite"),
+    (lambda: pp.project(torch.zeros(3, 4, dtype=F64), pp.Birkhoff()), ValueError, r"\(\.\.\., n, n\)"),
+    (lambda: pp.project(torch.zeros(3, 3, dtype=F64), pp.Transportation([1.0, 1.0], [1.0, 1.0])), ValueError,
+     r"x must have shape \(\.\.\., 2, 2\)"),
+])
+def test_errors(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
