@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_projection"]
+__all__ = ["reference_projection", "certify_projection"]
+
+
+def _dense_data(n, A, a, B, b):
+    """float64 arrays for the constraint data, an omitted pair becoming 0 rows."""
+    A = np.zeros((0, n)) if A is None else np.asarray(A, dtype=np.float64)
+    a = np.zeros(0) if a is None else np.asarray(a, dtype=np.float64)
+    B = np.zeros((0, n)) if B is None else np.asarray(B, dtype=np.float64)
+    b = np.zeros(0) if b is None else np.asarray(b, dtype=np.float64)
+    return A, a, B, b
 
 
 def reference_projection(x, A=None, a=None, B=None, b=None, *, solver: str = "clarabel", tol: float = 1e-10) -> np.ndarray:
@@ -16,10 +25,7 @@ def reference_projection(x, A=None, a=None, B=None, b=None, *, solver: str = "cl
 
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
-    A = np.zeros((0, n)) if A is None else np.asarray(A, dtype=np.float64)
-    a = np.zeros(0) if a is None else np.asarray(a, dtype=np.float64)
-    B = np.zeros((0, n)) if B is None else np.asarray(B, dtype=np.float64)
-    b = np.zeros(0) if b is None else np.asarray(b, dtype=np.float64)
+    A, a, B, b = _dense_data(n, A, a, B, b)
     if solver == "clarabel":
         import clarabel
 
@@ -70,10 +76,7 @@ def certify_projection(x, y, A=None, a=None, B=None, b=None, *, active_tol: floa
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n = x.shape[0]
-    A = np.zeros((0, n)) if A is None else np.asarray(A, dtype=np.float64)
-    a = np.zeros(0) if a is None else np.asarray(a, dtype=np.float64)
-    B = np.zeros((0, n)) if B is None else np.asarray(B, dtype=np.float64)
-    b = np.zeros(0) if b is None else np.asarray(b, dtype=np.float64)
+    A, a, B, b = _dense_data(n, A, a, B, b)
     scale = max(np.abs(x).max(initial=0), np.abs(y).max(initial=0), 1.0)
     ra = np.linalg.norm(A, axis=1) if A.shape[0] else np.zeros(0)
     rb = np.linalg.norm(B, axis=1) if B.shape[0] else np.zeros(0)
