@@ -51,11 +51,14 @@ def _run(x, pset, tol, max_iter, on_failure):
     batch, event = x.shape[: x.ndim - k], x.shape[x.ndim - k:]
     if hasattr(pset, "_validate_event"):
         pset._validate_event(event)
-    flat = x.reshape(-1, *event).to(torch.float64)
+    # Threshold-type sets are exact in any precision and run in the input's dtype; the
+    # others solve in float64 whatever the input dtype.
+    work = x.dtype if getattr(pset, "native_dtype", False) else torch.float64
+    flat = x.reshape(-1, *event).to(work)
     y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, pset, tol, max_iter)
     info = ProjectionInfo(
         active=active.reshape(*batch, *active.shape[1:]),
-        kkt_residual=kkt.reshape(batch),
+        kkt_residual=kkt.reshape(batch).to(torch.float64),
         iterations=iters.reshape(batch),
         converged=conv.reshape(batch),
         tol=tol,

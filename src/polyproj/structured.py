@@ -61,9 +61,12 @@ def _scalar(value, name):
 
 
 class _VectorSet(ConvexSet):
-    """Shared plumbing of the vector-valued structured sets (data on one device)."""
+    """Shared plumbing of the vector-valued structured sets (data on one device).  Their
+    projections are exact in any floating-point precision, so they run in the input's dtype
+    (``native_dtype``) instead of float64."""
 
     _device = torch.device("cpu")
+    native_dtype = True
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +103,7 @@ class Box(_VectorSet):
         return self._moved(device, lower=self.lower, upper=self.upper)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_box(x, self.lower, self.upper)
+        y, active, kkt = simple_sets.project_box(x, self.lower.to(x.dtype), self.upper.to(x.dtype))
         n = y.shape[-1]
         free = ~(active[:, :n] | active[:, n:])
         return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (free,))
@@ -152,14 +155,14 @@ class HalfSpace(_VectorSet):
         return self._moved(device, c=self.c)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_halfspace(x, self.c, self.beta)
+        y, active, kkt = simple_sets.project_halfspace(x, self.c.to(x.dtype), self.beta)
         return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (active,))
 
     def _vjp(self, state, g):
-        return _jacobian.halfspace_product(self.c, state[0], g)
+        return _jacobian.halfspace_product(self.c.to(g.dtype), state[0], g)
 
     def _jacobian(self, state):
-        return _jacobian.halfspace_jacobian(self.c, state[0])
+        return _jacobian.halfspace_jacobian(self.c, state[0]).to(torch.float64)
 
     def _violation(self, y):
         return (y @ self.c - self.beta).clamp_min(0) / self.c.norm()
@@ -249,7 +252,7 @@ class CappedSimplex(_VectorSet):
         return self._moved(device, lower=self.lower, upper=self.upper)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_capped_simplex(x, self.lower, self.upper, self.total)
+        y, active, kkt = simple_sets.project_capped_simplex(x, self.lower.to(x.dtype), self.upper.to(x.dtype), self.total)
         n = y.shape[-1]
         free = ~(active[:, :n] | active[:, n:])
         return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (free,))

@@ -31,7 +31,8 @@ def _scale(x, y):
 
 
 def _tau(x, y):
-    return ACTIVE_TAU * _scale(x, y)[:, None]
+    """Activity tolerance: the general polyhedron's in float64, a few ulps in lower precision."""
+    return max(ACTIVE_TAU, 100 * torch.finfo(x.dtype).eps) * _scale(x, y)[:, None]
 
 
 def project_box(x, lower, upper):
