@@ -46,17 +46,29 @@ def linsatnet_birkhoff(x):
     return linsat_layer(x.reshape(x.shape[0], -1), E=E, f=f, no_warning=True).reshape(x.shape)
 
 
-def timed(fn, x, repeats):
-    """Median forward+backward seconds and the output of the last call."""
-    times, y = [], None
-    g = torch.randn_like(x)
-    for _ in range(repeats + 1):
-        xr = x.clone().requires_grad_()
-        t0 = time.perf_counter()
-        y = fn(xr)
+def fwd_bwd(fn, x, g):
+    xr = x.clone().requires_grad_()
+    t0 = time.perf_counter()
+    y = fn(xr)
+    if y.requires_grad:
         (y * g).sum().backward()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:])), y.detach()
+    return time.perf_counter() - t0, y.detach()
+
+
+def interleaved(fns: dict, x, repeats: int, once=()):
+    """Median forward+backward seconds per method, repetitions interleaved across methods (so
+    drifting load on a shared machine hits all alike); methods in ``once`` are timed once."""
+    g = torch.randn_like(x)
+    outs = {k: fwd_bwd(f, x, g)[1] for k, f in fns.items() if k not in once}  # warm-up
+    times = {k: [] for k in fns}
+    for r in range(repeats):
+        for k, f in fns.items():
+            if k in once and r:
+                continue
+            dt, y = fwd_bwd(f, x, g)
+            times[k].append(dt)
+            outs[k] = y
+    return {k: float(np.median(v)) for k, v in times.items()}, outs
 
 
 def ds_violation(y):
@@ -66,7 +78,7 @@ def ds_violation(y):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-linsatnet", action="store_true")
     args = parser.parse_args(argv)
     gen = torch.Generator().manual_seed(0)
@@ -76,30 +88,28 @@ def main(argv=None):
         methods["linsatnet"] = linsatnet_birkhoff
     for n, batch in tqdm([(16, 256), (4, 65536), (64, 16)], desc="Birkhoff"):
         x = torch.randn(batch, n, n, generator=gen)
-        for name, fn in methods.items():
-            sec, y = timed(fn, x, 1 if name == "linsatnet" else args.repeats)
-            birkhoff_rows.append({"n": n, "batch": batch, "method": name, "seconds": sec, "violation": ds_violation(y)})
+        secs, outs = interleaved(methods, x, args.repeats, once=("linsatnet",))
+        for name in methods:
+            birkhoff_rows.append({"n": n, "batch": batch, "method": name, "seconds": secs[name],
+                                  "violation": ds_violation(outs[name])})
     x = torch.randn(1024, 1000, generator=gen)
-    simplex_sec, y = timed(lambda z: pp.project(z, pp.Simplex()), x, args.repeats)
-    sort_times = []
-    for _ in range(args.repeats + 1):
-        t0 = time.perf_counter()
-        torch.sort(x, dim=-1, descending=True)
-        sort_times.append(time.perf_counter() - t0)
-    sort_sec = float(np.median(sort_times[1:]))
+    secs, _ = interleaved({"simplex": lambda z: pp.project(z, pp.Simplex()),
+                           "sort": lambda z: torch.sort(z.detach(), dim=-1, descending=True)[0]}, x, args.repeats)
+    simplex_sec, sort_sec = secs["simplex"], secs["sort"]
     scaling_n, scaling_batch = [], []
+    birk = {"polyproj": lambda z: pp.project(z, pp.Birkhoff())}
     for n in tqdm([4, 8, 16, 32, 64, 128, 256], desc="Birkhoff vs n"):
-        sec, _ = timed(lambda z: pp.project(z, pp.Birkhoff()), torch.randn(16, n, n, generator=gen), args.repeats)
-        scaling_n.append({"n": n, "batch": 16, "seconds": sec})
+        secs, _ = interleaved(birk, torch.randn(16, n, n, generator=gen), args.repeats)
+        scaling_n.append({"n": n, "batch": 16, "seconds": secs["polyproj"]})
     for batch in tqdm([256, 1024, 4096, 16384], desc="Birkhoff vs batch"):
-        sec, _ = timed(lambda z: pp.project(z, pp.Birkhoff()), torch.randn(batch, 8, 8, generator=gen), args.repeats)
-        scaling_batch.append({"n": 8, "batch": batch, "seconds": sec})
+        secs, _ = interleaved(birk, torch.randn(batch, 8, 8, generator=gen), args.repeats)
+        scaling_batch.append({"n": 8, "batch": batch, "seconds": secs["polyproj"]})
 
     print(f"{'n':>4} {'batch':>6}  {'method':<11} {'fwd+bwd [s]':>11} {'× polyproj':>10} {'DS violation':>12}")
     for r in birkhoff_rows:
         base = next(b["seconds"] for b in birkhoff_rows if b["method"] == "polyproj" and b["n"] == r["n"])
         print(f"{r['n']:>4} {r['batch']:>6}  {r['method']:<11} {r['seconds']:>11.4f} {r['seconds'] / base:>10.2f} {r['violation']:>12.1e}")
-    print(f"simplex n=1000 batch 1024: fwd+bwd {simplex_sec:.4f} s; torch.sort {sort_sec:.4f} s; ratio {simplex_sec / sort_sec:.2f}")
+    print(f"simplex n=1000 batch 1024: fwd+bwd {simplex_sec:.4f} s; one torch.sort {sort_sec:.4f} s; ratio {simplex_sec / sort_sec:.2f}")
     print("Birkhoff, batch 16:   " + "  ".join(f"n={r['n']}: {r['seconds']:.4f}s" for r in scaling_n))
     print("Birkhoff, n=8:        " + "  ".join(f"batch={r['batch']}: {r['seconds']:.4f}s" for r in scaling_batch))
     meta = {"commit": commit(), "dtype": "float32 inputs (solves in float64)", "device": "cpu",
