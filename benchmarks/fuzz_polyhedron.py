@@ -1,6 +1,7 @@
 """Fuzz the general polyhedron: many random degenerate polyhedra (``tests/problems.py::
-fuzz_instance``), each output certified by its own KKT system (NNLS), projection applied twice
-must be a no-op.  Counts certified / wrong / crashed / refused; writes JSON.
+fuzz_instance``), each output certified by its own KKT system (NNLS), and projecting the output
+again must return it (to the solver tolerance; the largest discrepancy is reported).  Counts
+certified / wrong / crashed / refused; writes JSON.
 
     python benchmarks/fuzz_polyhedron.py [--count 10000] [--seed 0] [--dtype float64]
 """
@@ -35,6 +36,7 @@ def main(argv=None):
     cert_tol = 1e-8 if dtype == torch.float64 else 1e-5
     counts = {"certified": 0, "wrong": 0, "crashed": 0, "refused": 0}
     failures = []
+    worst_kkt = worst_twice = 0.0
     t0 = time.perf_counter()
     for k in tqdm(range(args.count), desc="fuzz"):
         rng = np.random.default_rng([args.seed, k])
@@ -56,19 +58,21 @@ def main(argv=None):
         worst = max(certify_projection(xk, yk, A, a, B, b)["kkt"] for xk, yk in zip(X, yn))
         scale = max(1.0, float(np.abs(X).max()))
         twice = float((y2.double() - y.double()).abs().max()) / scale
-        if worst <= cert_tol and twice <= (1e-12 if dtype == torch.float64 else 1e-6):
+        worst_kkt, worst_twice = max(worst_kkt, worst), max(worst_twice, twice)
+        if worst <= cert_tol and twice <= cert_tol:
             counts["certified"] += 1
         else:
             counts["wrong"] += 1
             failures.append({"case": k, "kind": "wrong", "certified_kkt": worst, "twice": twice})
     seconds = time.perf_counter() - t0
-    print(f"{args.count} fuzzed polyhedra ({args.dtype}), {seconds:.0f} s: {counts}")
+    print(f"{args.count} fuzzed polyhedra ({args.dtype}), {seconds:.0f} s: {counts}; worst certified KKT "
+          f"{worst_kkt:.1e}, worst |Π(Π(x)) − Π(x)| / scale {worst_twice:.1e}")
     for f in failures[:20]:
         print("  ", f)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"fuzz_polyhedron_{args.dtype}.json").write_text(json.dumps(
         {"count": args.count, "seed": args.seed, "dtype": args.dtype, "counts": counts, "seconds": seconds,
-         "failures": failures}, indent=1))
+         "worst_certified_kkt": worst_kkt, "worst_twice": worst_twice, "failures": failures}, indent=1))
 
 
 if __name__ == "__main__":
