@@ -10,11 +10,11 @@ PIP     = $(PY) -m pip install --quiet --disable-pip-version-check
 $(VENV)/.core: pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements/cpu.txt
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,demo]"
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.core
-	$(PIP) -e ".[test,bench]"
+	$(PIP) -e ".[test,demo,bench]"
 	# qpth declares numpy<2 but runs with numpy 2; --no-deps keeps the resolver from aborting
 	$(PIP) --no-deps qpth
 	touch $@

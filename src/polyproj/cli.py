@@ -90,7 +90,11 @@ def demo(args) -> int:
 
 
 def _plot_demo(history, path):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed (pip install 'polyproj[demo]'); skipping {path}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
