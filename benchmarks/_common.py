@@ -31,3 +31,16 @@ def commit() -> str | None:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def cuda_check_args():
+    """Arguments of the CUDA check scripts; fails clearly without a CUDA device."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: these checks need a GPU")
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    return args

@@ -6,7 +6,6 @@ explicit Jacobian, exact constructions), then a forward+backward timing table CP
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import polyproj as pp  # noqa: E402
+from _common import cuda_check_args  # noqa: E402
 from bench_polyhedron import make_problem  # noqa: E402
 from problems import FAMILIES, known_projection  # noqa: E402
 
@@ -86,12 +86,8 @@ def timing(dev) -> list[dict]:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
-    assert torch.cuda.is_available(), "no CUDA device"
+    args = cuda_check_args()
     dev = "cuda"
-    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     corr = check_correctness(dev)
     worst = {k: max(r[k] for r in corr) for k in ("y_vs_exact", "y_cuda_vs_cpu", "grad_cuda_vs_cpu", "jac_cuda_vs_cpu", "kkt_max")}
     ok = all(r["active_equal"] and r["converged"] and r["float32_ok"] for r in corr)

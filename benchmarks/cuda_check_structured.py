@@ -6,7 +6,6 @@ and a float32 forward+backward timing of Birkhoff vs 20-iteration log-domain Sin
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -18,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import polyproj as pp  # noqa: E402
+from _common import cuda_check_args  # noqa: E402
 from bench_structured import sinkhorn20, ds_violation  # noqa: E402
 
 
@@ -75,11 +75,7 @@ def timing(dev):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
-    assert torch.cuda.is_available(), "no CUDA device"
-    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    args = cuda_check_args()
     corr = correctness("cuda")
     times = timing("cuda")
     args.out.mkdir(parents=True, exist_ok=True)
