@@ -72,6 +72,20 @@ class _VectorSet(ConvexSet):
     def device(self) -> torch.device:
         return self._device
 
+    @staticmethod
+    def _closed_form(y, active, kkt, tol, backward_mask):
+        """A :class:`SetSolution` of a closed-form projection (no iterations)."""
+        return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (backward_mask,))
+
+    @staticmethod
+    def _free(active):
+        """Coordinates at neither bound, from the 2n rows ``y ≤ u`` then ``−y ≤ −l``."""
+        n = active.shape[-1] // 2
+        return ~(active[:, :n] | active[:, n:])
+
+    def _box_violation(self, y):
+        return torch.maximum((y - self.upper).clamp_min(0), (self.lower - y).clamp_min(0)).amax(-1)
+
     def _moved(self, device, **tensors):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
@@ -104,9 +118,7 @@ class Box(_VectorSet):
 
     def _solve(self, x, *, tol, max_iter):
         y, active, kkt = simple_sets.project_box(x, self.lower.to(x.dtype), self.upper.to(x.dtype))
-        n = y.shape[-1]
-        free = ~(active[:, :n] | active[:, n:])
-        return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (free,))
+        return self._closed_form(y, active, kkt, tol, self._free(active))
 
     def _vjp(self, state, g):
         return _jacobian.box_product(state[0], g)
@@ -115,7 +127,7 @@ class Box(_VectorSet):
         return _jacobian.box_jacobian(state[0])
 
     def _violation(self, y):
-        return torch.maximum((y - self.upper).clamp_min(0), (self.lower - y).clamp_min(0)).amax(-1)
+        return self._box_violation(y)
 
     def as_polyhedron(self) -> Polyhedron:
         n = self.event_shape[0]
@@ -156,7 +168,7 @@ class HalfSpace(_VectorSet):
 
     def _solve(self, x, *, tol, max_iter):
         y, active, kkt = simple_sets.project_halfspace(x, self.c.to(x.dtype), self.beta)
-        return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (active,))
+        return self._closed_form(y, active, kkt, tol, active)
 
     def _vjp(self, state, g):
         return _jacobian.halfspace_product(self.c.to(g.dtype), state[0], g)
@@ -199,7 +211,7 @@ class Simplex(_VectorSet):
 
     def _solve(self, x, *, tol, max_iter):
         y, active, kkt = simple_sets.project_simplex(x, self.total)
-        return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (~active,))
+        return self._closed_form(y, active, kkt, tol, ~active)
 
     def _vjp(self, state, g):
         return _jacobian.face_product(state[0], g)
@@ -253,9 +265,7 @@ class CappedSimplex(_VectorSet):
 
     def _solve(self, x, *, tol, max_iter):
         y, active, kkt = simple_sets.project_capped_simplex(x, self.lower.to(x.dtype), self.upper.to(x.dtype), self.total)
-        n = y.shape[-1]
-        free = ~(active[:, :n] | active[:, n:])
-        return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (free,))
+        return self._closed_form(y, active, kkt, tol, self._free(active))
 
     def _vjp(self, state, g):
         return _jacobian.face_product(state[0], g)
@@ -264,8 +274,7 @@ class CappedSimplex(_VectorSet):
         return _jacobian.face_jacobian(state[0])
 
     def _violation(self, y):
-        box = torch.maximum((y - self.upper).clamp_min(0), (self.lower - y).clamp_min(0)).amax(-1)
-        return torch.maximum(box, (y.sum(-1) - self.total).abs() / y.shape[-1] ** 0.5)
+        return torch.maximum(self._box_violation(y), (y.sum(-1) - self.total).abs() / y.shape[-1] ** 0.5)
 
     def as_polyhedron(self) -> Polyhedron:
         n = self.event_shape[0]

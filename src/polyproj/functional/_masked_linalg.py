@@ -124,16 +124,22 @@ def solve_consistent(
     scale = float(G.diagonal().abs().max()) if G.numel() else 1.0
     scale = scale if scale > 0 else 1.0
     chol = MaskedCholesky(G, mask, delta * scale)
+    return _iterated_tikhonov(chol.solve, chol.matvec, r, max_refine=max_refine, rtol=rtol)
+
+
+def _iterated_tikhonov(solve, matvec, r, *, max_refine, rtol):
+    """``ν_{j+1} = ν_j + solve(r − matvec(ν_j))`` from ``ν₀ = 0`` until the relative residual is
+    ≤ ``rtol`` everywhere or stops halving anywhere.  Returns ``(ν, rel_residual)``."""
     flat = (lambda t: t.flatten(1)) if r.ndim == 3 else (lambda t: t)
     r_norm = flat(r).norm(dim=-1).clamp_min(torch.finfo(r.dtype).tiny)
-    nu = chol.solve(r)
-    res = r - chol.matvec(nu)
+    nu = solve(r)
+    res = r - matvec(nu)
     rel = flat(res).norm(dim=-1) / r_norm
     for _ in range(max_refine - 1):
         if bool((rel <= rtol).all()):
             break
-        nu = nu + chol.solve(res)
-        res = r - chol.matvec(nu)
+        nu = nu + solve(res)
+        res = r - matvec(nu)
         new_rel = flat(res).norm(dim=-1) / r_norm
         stalled = bool((new_rel >= 0.5 * rel).all())
         rel = new_rel
@@ -173,20 +179,7 @@ def solve_consistent_batched(H: torch.Tensor, r: torch.Tensor, *, delta: float =
     scale = H.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(H.dtype).tiny)
     Hr = H.clone()
     Hr.diagonal(dim1=-2, dim2=-1).add_((delta * scale)[:, None])
-    L, info = torch.linalg.cholesky_ex(Hr)
-    if bool((info != 0).any()):
-        raise FloatingPointError("Cholesky factorisation of a regularised Laplacian failed (non-finite data?)")
-    r_norm = r.norm(dim=-1).clamp_min(torch.finfo(r.dtype).tiny)
-    nu = torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
-    rel = (r - (H @ nu.unsqueeze(-1)).squeeze(-1)).norm(dim=-1) / r_norm
-    for _ in range(max_refine - 1):
-        if bool((rel <= rtol).all()):
-            break
-        res = r - (H @ nu.unsqueeze(-1)).squeeze(-1)
-        nu = nu + torch.cholesky_solve(res.unsqueeze(-1), L).squeeze(-1)
-        new_rel = (r - (H @ nu.unsqueeze(-1)).squeeze(-1)).norm(dim=-1) / r_norm
-        stalled = bool((new_rel >= 0.5 * rel).all())
-        rel = new_rel
-        if stalled:
-            break
+    L = MaskedCholesky._factor(Hr)
+    nu, _ = _iterated_tikhonov(lambda v: torch.cholesky_solve(v.unsqueeze(-1), L).squeeze(-1),
+                               lambda v: (H @ v.unsqueeze(-1)).squeeze(-1), r, max_refine=max_refine, rtol=rtol)
     return nu
