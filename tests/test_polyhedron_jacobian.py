@@ -151,7 +151,7 @@ class TestHandExamples:
         from polyproj._jacobian import masked_nullspace_product
 
         D = P._data
-        gx, nu = masked_nullspace_product(D.C, D.G, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 1, dtype=torch.float64))
+        gx, nu = masked_nullspace_product(D, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 1, dtype=torch.float64))
         assert gx.item() == pytest.approx(0.0, abs=1e-12)
         assert torch.allclose(nu, torch.tensor([[0.5, 0.5]], dtype=torch.float64), atol=1e-9)
 

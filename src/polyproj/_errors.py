@@ -15,12 +15,16 @@ class InfeasibleError(ValueError):
         inequality rows and free weights ``v`` on the equality rows with
         ``Aᵀu + Bᵀv = 0`` and ``aᵀu + bᵀv < 0``.  Keys ``"inequality_weights"``,
         ``"equality_weights"`` (numpy arrays) and ``"rows"`` (the names of the rows
-        with nonzero weight, e.g. ``"A[3]"``, ``"B[0]"``).
+        with nonzero weight, e.g. ``"A[3]"``, ``"B[0]"``); for per-sample data, the
+        certificate of the first empty sample.
+    indices : list of tuples or None
+        For per-sample constraint data: the batch indices of the empty samples.
     """
 
-    def __init__(self, message: str, certificate: dict | None = None):
+    def __init__(self, message: str, certificate: dict | None = None, indices: list | None = None):
         super().__init__(message)
         self.certificate = certificate
+        self.indices = indices
 
 
 class ConvergenceError(RuntimeError):

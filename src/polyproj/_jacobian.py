@@ -24,30 +24,32 @@ from .functional._masked_linalg import solve_consistent
 __all__ = ["masked_nullspace_product", "explicit_jacobian"]
 
 
-def masked_nullspace_product(C: torch.Tensor, G: torch.Tensor, active: torch.Tensor, g: torch.Tensor):
+def masked_nullspace_product(data, active: torch.Tensor, g: torch.Tensor):
     """``(J g, ν)`` for every sample: ``J g = g − Cᵀ W ν`` with ``W G W ν = W C g`` (min-norm).
 
-    C: (K, n) constraint rows, G = C Cᵀ (K, K), active: (N, K) bool, g: (N, n).
-    Cost per sample: O(K n) for the right-hand side and O(K³) for one Cholesky of the
-    regularised masked Gram matrix (restricted to rows active somewhere in the batch),
-    plus a few refinement sweeps.
+    data: a :class:`~polyproj.functional.polyhedron.PolyhedronData` (rows ``C`` shared or per
+    sample, ``G = C Cᵀ``), active: (N, K) bool, g: (N, n).
+    Cost per sample: O(K n) for the right-hand side and O(k³) for one Cholesky of the
+    regularised masked Gram matrix (gathered to the k rows active in the sample), plus a few
+    refinement sweeps.
     """
     N, K = active.shape
     if K == 0:
         return g.clone(), g.new_zeros(N, 0)
-    nu, _ = solve_consistent(G, active, (g @ C.T) * active)
-    return g - nu @ C, nu
+    nu, _ = solve_consistent(data.G, active, data.rows(g) * active)
+    return g - data.combine(nu), nu
 
 
-def explicit_jacobian(C: torch.Tensor, G: torch.Tensor, active: torch.Tensor, n: int) -> torch.Tensor:
+def explicit_jacobian(data, active: torch.Tensor, n: int) -> torch.Tensor:
     """The explicit (N, n, n) matrices ``P₀ = I − M^†M`` (for inspection and tests)."""
     N, K = active.shape
+    C = data.C
     eye = torch.eye(n, dtype=C.dtype, device=C.device).expand(N, n, n)
     if K == 0 or not bool(active.any()):
         return eye.clone()
-    rhs = active.unsqueeze(-1) * C.unsqueeze(0)  # (N, K, n): W C
-    nu, _ = solve_consistent(G, active, rhs)
-    J = eye - C.T.unsqueeze(0) @ nu
+    rhs = active.unsqueeze(-1) * C  # (N, K, n): W C
+    nu, _ = solve_consistent(data.G, active, rhs)
+    J = eye - C.mT @ nu
     return 0.5 * (J + J.transpose(-1, -2))
 
 

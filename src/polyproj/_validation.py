@@ -14,9 +14,14 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | None = None,
+              min_ndim: int | None = None, keep_grad: bool = False) -> torch.Tensor:
     """Convert ``value`` (tensor, numpy array, scipy.sparse matrix, sequence or scalar) to a
-    float64 tensor, checking its number of dimensions and that every entry is finite."""
+    float64 tensor, checking its number of dimensions and that every entry is finite.
+
+    The result never aliases the caller's memory.  With ``keep_grad`` a tensor that requires
+    grad stays attached to its autograd graph (a differentiable copy), so gradients can flow
+    back to it."""
     if value is None:
         raise ValueError(f"{name} must be given, got None")
     if hasattr(value, "toarray") and not isinstance(value, (torch.Tensor, np.ndarray)):
@@ -24,9 +29,8 @@ def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | No
     if isinstance(value, torch.Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise ValueError(f"{name} must be a real tensor, got dtype {value.dtype}")
-        tensor = value.detach().to(dtype=torch.float64)
-        if device is not None:
-            tensor = tensor.to(device)
+        source = value if (keep_grad and value.requires_grad) else value.detach()
+        tensor = source.to(dtype=torch.float64, device=device if device is not None else value.device, copy=True)
     else:
         try:
             array = np.asarray(value)
@@ -42,8 +46,21 @@ def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | No
                 f"{name} must have {' or '.join(map(str, allowed))} dimension(s), "
                 f"got shape {tuple(tensor.shape)}"
             )
-    check_finite(tensor, name)
+    if min_ndim is not None and tensor.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(tensor.shape)}")
+    check_finite(tensor.detach(), name)
     return tensor
+
+
+def broadcast_batch(x_batch, set_batch, name: str = "x") -> torch.Size:
+    """The broadcast of an input's batch shape with a constraint set's batch shape."""
+    try:
+        return torch.broadcast_shapes(tuple(x_batch), tuple(set_batch))
+    except RuntimeError:
+        raise ValueError(
+            f"{name} has batch shape {tuple(x_batch)}, which does not broadcast against the constraint "
+            f"set's batch shape {tuple(set_batch)} (per-sample constraint data)"
+        ) from None
 
 
 def check_finite(tensor: torch.Tensor, name: str) -> None:

@@ -72,7 +72,7 @@ def demo(args) -> int:
             for k, mdl in models.items():
                 pred = mdl(U[n_train:])
                 row[f"{k}_test_mse"] = float(torch.nn.functional.mse_loss(pred, T[n_train:]))
-                row[f"{k}_max_violation"] = float(P._violation(pred.double()).max())
+                row[f"{k}_max_violation"] = float(P.violation(pred.double()).max())
         history.append(row)
         torch.save({"models": {k: m.state_dict() for k, m in models.items()},
                     "opts": {k: o.state_dict() for k, o in opts.items()}, "history": history, "epoch": epoch + 1}, ckpt_path)

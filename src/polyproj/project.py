@@ -9,7 +9,7 @@ import torch
 
 from ._autograd import ProjectFunction
 from ._errors import ConvergenceError, ConvergenceWarning
-from ._validation import check_choice, check_input, check_positive_int, check_tolerance
+from ._validation import broadcast_batch, check_choice, check_input, check_positive_int, check_tolerance
 from .sets import ConvexSet
 
 __all__ = ["ProjectionInfo", "project", "hs_jacobian"]
@@ -48,14 +48,16 @@ def _run(x, pset, tol, max_iter, on_failure):
     max_iter = check_positive_int(max_iter, "max_iter")
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
     k = len(pset.event_shape)
-    batch, event = x.shape[: x.ndim - k], x.shape[x.ndim - k:]
+    event = x.shape[x.ndim - k:]
     if hasattr(pset, "_validate_event"):
         pset._validate_event(event)
+    batch = broadcast_batch(x.shape[: x.ndim - k], pset.batch_shape)
     # Threshold-type sets are exact in any precision and run in the input's dtype; the
     # others solve in float64 whatever the input dtype.
     work = x.dtype if getattr(pset, "native_dtype", False) else torch.float64
-    flat = x.reshape(-1, *event).to(work)
-    y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, pset, tol, max_iter)
+    flat = x.expand(*batch, *event).reshape(-1, *event).to(work)
+    bound = pset._bind(batch)
+    y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, bound, tol, max_iter, *bound._grad_inputs())
     info = ProjectionInfo(
         active=active.reshape(*batch, *active.shape[1:]),
         kkt_residual=kkt.reshape(batch).to(torch.float64),
@@ -64,6 +66,9 @@ def _run(x, pset, tol, max_iter, on_failure):
         tol=tol,
     )
     if not bool(conv.all()):
+        if hasattr(bound, "_raise_if_empty"):
+            # an empty (per-sample) set is an error of the data, not of the solver
+            bound._raise_if_empty((~conv).nonzero().flatten(), batch)
         bad = (~conv).nonzero().flatten()[:10].tolist()
         worst = float(kkt[~conv].nan_to_num(float("inf")).max())
         msg = (
@@ -74,7 +79,7 @@ def _run(x, pset, tol, max_iter, on_failure):
         if on_failure == "raise":
             raise ConvergenceError(msg, info)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-    return y.reshape(x.shape).to(x.dtype), info, state, batch
+    return y.reshape(*batch, *event).to(x.dtype), info, state, batch, bound
 
 
 def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 200,
@@ -105,7 +110,7 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
         Jacobian of :math:`\Pi_P` (Bolte & Pauwels 2021).
     info : ProjectionInfo, only if ``return_info``.
     """
-    y, info, _, _ = _run(x, P, tol, max_iter, on_failure)
+    y, info, _, _, _ = _run(x, P, tol, max_iter, on_failure)
     return (y, info) if return_info else y
 
 
@@ -117,6 +122,6 @@ def hs_jacobian(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_
     points are flattened row-major), dtype of ``x``.  Meant for inspection and tests: training
     never forms it (the backward of :func:`project` applies it matrix-free).
     """
-    _, _, state, batch = _run(x.detach(), P, tol, max_iter, on_failure)
-    J = P._jacobian(tuple(state))
+    _, _, state, batch, bound = _run(x.detach(), P, tol, max_iter, on_failure)
+    J = bound._jacobian(tuple(state))
     return J.reshape(*batch, *J.shape[-2:]).to(x.dtype)

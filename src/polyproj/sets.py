@@ -2,24 +2,33 @@ r"""Constraint sets.  Every set implements one small protocol, so :func:`polypro
 :func:`polyproj.hs_jacobian` and :class:`polyproj.Projection` never care which set they hold:
 
 * ``event_shape`` — the trailing shape of a point (``(n,)`` for vectors);
+* ``batch_shape`` — leading shape of per-sample constraint data (``()`` when shared); it
+  broadcasts against the batch shape of the points;
 * ``device`` and ``to(device)`` — sets are immutable; ``to`` returns a moved copy;
-* ``_solve(x, tol=, max_iter=)`` — forward on a flat float64 batch ``(N, *event_shape)``,
+* ``_bind(batch)`` — the set's data broadcast to a flat batch of ``prod(batch)`` points (a set
+  with shared data and no parameter requiring grad returns itself);
+* ``_solve(x, tol=, max_iter=)`` — forward on a flat batch ``(N, *event_shape)``,
   returning a :class:`SetSolution` (no autograd inside);
 * ``_vjp(state, g)`` — the HS-Jacobian product ``J g`` from the saved state;
+* ``_grad_inputs()`` and ``_vjp_with_inputs(state, g)`` — the constraint tensors gradients flow
+  to, and ``(J g, their gradients)`` from one solve;
 * ``_jacobian(state)`` — the explicit ``(N, d, d)`` Jacobian element;
-* ``contains(y, tol=)`` — membership test with a relative tolerance.
+* ``_violation(y)`` — the largest constraint violation per point of a flat batch;
+* ``contains(y, tol=)`` and ``violation(y)`` — public membership test and violation.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import _jacobian
+from ._errors import InfeasibleError
 from ._feasibility import check_nonempty
-from ._validation import as_tensor, check_input
+from ._validation import as_tensor, broadcast_batch, check_input
 from .functional.polyhedron import PolyhedronData, solve_polyhedron
 
 __all__ = ["ConvexSet", "Polyhedron", "SetSolution"]
@@ -41,6 +50,7 @@ class ConvexSet:
     """Base class of the constraint sets (see the module docstring for the protocol)."""
 
     event_shape: tuple[int, ...]
+    batch_shape: tuple[int, ...] = ()
 
     @property
     def device(self) -> torch.device:  # pragma: no cover - abstract
@@ -49,11 +59,20 @@ class ConvexSet:
     def to(self, device) -> "ConvexSet":  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _bind(self, batch: torch.Size) -> "ConvexSet":
+        return self
+
     def _solve(self, x: torch.Tensor, *, tol: float, max_iter: int) -> SetSolution:  # pragma: no cover
         raise NotImplementedError
 
     def _vjp(self, state: tuple, g: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def _grad_inputs(self) -> tuple:
+        return ()
+
+    def _vjp_with_inputs(self, state: tuple, g: torch.Tensor) -> tuple:
+        return self._vjp(state, g), ()
 
     def _jacobian(self, state: tuple) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -62,42 +81,76 @@ class ConvexSet:
         """Largest absolute constraint violation per point of a flat float64 batch."""
         raise NotImplementedError
 
+    def _flat_points(self, y: torch.Tensor, name: str):
+        """Validate points ``(..., *event_shape)`` and flatten them against the set's batch shape:
+        returns ``(flat float64 detached points, batch shape, bound set)``."""
+        y = check_input(y, name, self.event_shape, self.device)
+        k = len(self.event_shape)
+        event = y.shape[y.ndim - k:]
+        if hasattr(self, "_validate_event"):
+            self._validate_event(event)
+        batch = broadcast_batch(y.shape[: y.ndim - k], self.batch_shape, name)
+        flat = y.detach().expand(*batch, *event).reshape(-1, *event).to(torch.float64)
+        return flat, batch, self._bind(batch)
+
+    def violation(self, y: torch.Tensor) -> torch.Tensor:
+        """The largest constraint violation of each point of ``y`` (..., *event_shape), as a
+        float64 tensor (...): for polyhedra the distance to the most violated half-space or
+        hyperplane (rows normalised), for the structured sets the largest violated bound or
+        marginal."""
+        flat, batch, bound = self._flat_points(y, "y")
+        return bound._violation(flat).reshape(batch) if flat.shape[0] else flat.new_zeros(batch)
+
     def contains(self, y: torch.Tensor, *, tol: float = 1e-9) -> torch.Tensor:
         """Whether each point of ``y`` (..., *event_shape) lies in the set, up to a violation of
         ``tol · max(1, ‖y‖∞)`` on the normalised constraints.  Returns a bool tensor (...)."""
-        y = check_input(y, "y", self.event_shape, self.device)
-        k = len(self.event_shape)
-        if hasattr(self, "_validate_event"):
-            self._validate_event(y.shape[y.ndim - k:])
-        batch = y.shape[: y.ndim - k]
-        flat = y.detach().reshape(-1, *y.shape[y.ndim - k:]).to(torch.float64)
-        scale = flat.flatten(1).abs().amax(-1).clamp_min(1.0) if flat.numel() else flat.new_ones(flat.shape[0])
-        return (self._violation(flat) <= tol * scale).reshape(batch)
+        flat, batch, bound = self._flat_points(y, "y")
+        if not flat.shape[0]:
+            return torch.ones(batch, dtype=torch.bool, device=flat.device)
+        scale = flat.flatten(1).abs().amax(-1).clamp_min(1.0)
+        return (bound._violation(flat) <= tol * scale).reshape(batch)
 
 
 class Polyhedron(ConvexSet):
-    r"""The polyhedron :math:`P = \{y \in ℝ^n : A y \le a,\ B y = b\}`.
+    r"""The polyhedron :math:`P = \{y \in ℝ^n : A y \le a,\ B y = b\}`, shared by a batch or
+    one per sample.
 
     Parameters
     ----------
-    A, a : (m, n) and (m,) arrays, optional
+    A, a : (..., m, n) and (..., m) arrays, optional
         Inequality constraints ``A y ≤ a``.  Give both or neither.
-    B, b : (p, n) and (p,) arrays, optional
+    B, b : (..., p, n) and (..., p) arrays, optional
         Equality constraints ``B y = b``.  Give both or neither.
     check_feasibility : bool
-        Check at construction that ``P`` is nonempty (a certified projection of the origin,
-        or else an LP solved by HiGHS) and raise :class:`InfeasibleError`, with a Farkas
-        certificate naming the conflicting rows, when it is empty.  Default True.
+        Check at construction that ``P`` (every sample's ``P``) is nonempty (a certified
+        projection of the origin, or else an LP solved by HiGHS) and raise
+        :class:`InfeasibleError`, with a Farkas certificate naming the conflicting rows and
+        the batch indices of the empty samples, when it is empty.  Default True; with False
+        an empty sample is still detected when a projection onto it fails.
 
-    Data may be torch tensors, numpy arrays, scipy.sparse matrices or nested sequences; the
-    set keeps float64 copies on the device of the tensors given (CPU otherwise).  Rows are
-    normalised internally (the set is unchanged).  Redundant, duplicated and linearly
-    dependent rows, rank-deficient ``B`` and vertices with more than ``n`` active rows are
-    all supported.
+    Leading dimensions of ``A, a, B, b`` are batch dimensions: they broadcast against each
+    other (``set.batch_shape``) and against the batch dimensions of the points projected, so a
+    shared ``A`` with a per-sample right-hand side ``a`` of shape ``(N, m)`` projects a batch
+    ``x`` of shape ``(N, n)`` sample by sample.  Data may be torch tensors, numpy arrays,
+    scipy.sparse matrices or nested sequences; the set keeps float64 copies (a snapshot: later
+    in-place changes of the caller's tensors do not reach it) on the device of the tensors
+    given (CPU otherwise).  Rows are normalised internally (the set is unchanged).
+    Redundant, duplicated and linearly dependent rows, rank-deficient ``B`` and vertices
+    with more than ``n`` active rows are all supported.
 
     Projection (:func:`polyproj.project`): proximal augmented Lagrangian with semismooth
     Newton, then active-set polishing; KKT residual ≤ ``tol`` relative (1e-9 in float64).
-    Backward: ``J g = g − Mᵀ(MMᵀ)⁺Mg``, ``M = [A_I; B]`` on the active rows ``I``.
+
+    Backward, with ``M = [A_I; B]`` on the active rows ``I`` and ``ν`` the multipliers
+    (``x − y = Mᵀν``): ``g_x = J g = g − Mᵀw`` with the minimum-norm ``w`` of
+    ``MMᵀw = Mg`` (the HS-Jacobian, Han & Sun 1997), and, for constraint tensors that
+    require grad (DESIGN §7, from ``y = x − M⁺(Mx − c)`` on the active face):
+    ``g_a = w`` on the active rows and 0 elsewhere, ``g_b = w``,
+    ``g_A = −(ν (Jg)ᵀ + w yᵀ)`` on the active rows, ``g_B`` likewise; broadcast dimensions
+    are summed.  With dependent active rows ``w`` is the minimum-norm solution in the
+    row-normalised metric (duplicated rows split the gradient equally, a Clarke element of
+    ``min(a₁, a₂)``).  Build the set inside ``forward`` when its data are learned, so that it
+    sees the current values.
 
     Example
     -------
@@ -115,43 +168,58 @@ class Polyhedron(ConvexSet):
         if A is None and B is None:
             raise ValueError("Polyhedron needs at least one of (A, a) or (B, b)")
         device = next((t.device for t in (A, a, B, b) if isinstance(t, torch.Tensor)), torch.device("cpu"))
-        A_t = as_tensor(A, "A", device=device, ndim=2) if A is not None else None
-        B_t = as_tensor(B, "B", device=device, ndim=2) if B is not None else None
-        n = (A_t if A_t is not None else B_t).shape[1]
-        if A_t is not None and B_t is not None and B_t.shape[1] != n:
+        A_t = as_tensor(A, "A", device=device, min_ndim=2, keep_grad=True) if A is not None else None
+        B_t = as_tensor(B, "B", device=device, min_ndim=2, keep_grad=True) if B is not None else None
+        n = (A_t if A_t is not None else B_t).shape[-1]
+        if A_t is not None and B_t is not None and B_t.shape[-1] != n:
             raise ValueError(f"A and B must have the same number of columns, got A {tuple(A_t.shape)} and B {tuple(B_t.shape)}")
         if n == 0:
             raise ValueError("the constraint matrices must have at least one column (n >= 1)")
         A_t = A_t if A_t is not None else torch.zeros(0, n, dtype=torch.float64, device=device)
         B_t = B_t if B_t is not None else torch.zeros(0, n, dtype=torch.float64, device=device)
-        a_t = as_tensor(a, "a", device=device, ndim=1) if a is not None else A_t.new_zeros(0)
-        b_t = as_tensor(b, "b", device=device, ndim=1) if b is not None else B_t.new_zeros(0)
-        if a_t.shape[0] != A_t.shape[0]:
-            raise ValueError(f"a must have shape ({A_t.shape[0]},) to match A {tuple(A_t.shape)}, got {tuple(a_t.shape)}")
-        if b_t.shape[0] != B_t.shape[0]:
-            raise ValueError(f"b must have shape ({B_t.shape[0]},) to match B {tuple(B_t.shape)}, got {tuple(b_t.shape)}")
+        a_t = as_tensor(a, "a", device=device, min_ndim=1, keep_grad=True) if a is not None else A_t.new_zeros(0)
+        b_t = as_tensor(b, "b", device=device, min_ndim=1, keep_grad=True) if b is not None else B_t.new_zeros(0)
+        for vec, mat, vn, mn, k in ((a_t, A_t, "a", "A", "m"), (b_t, B_t, "b", "B", "p")):
+            if vec.shape[-1] != mat.shape[-2]:
+                raise ValueError(f"{vn} must have shape (..., {k}) with {k} = {mat.shape[-2]} rows of {mn} "
+                                 f"{tuple(mat.shape)}, got {tuple(vec.shape)}")
+        try:
+            batch = torch.broadcast_shapes(A_t.shape[:-2], a_t.shape[:-1], B_t.shape[:-2], b_t.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                "the batch dimensions of the constraint data do not broadcast: "
+                f"A {tuple(A_t.shape)}, a {tuple(a_t.shape)}, B {tuple(B_t.shape)}, b {tuple(b_t.shape)}"
+            ) from None
         self.A, self.a, self.B, self.b = A_t, a_t, B_t, b_t
         self.event_shape = (n,)
-        self._data, row_scale = self._normalise(A_t, a_t, B_t, b_t)
+        self.batch_shape = tuple(batch)
+        self._data, self._scale = self._normalise(A_t, a_t, B_t, b_t)
         if check_feasibility:
-            # A feasible point found by projecting the origin proves P nonempty, cheaply; only
-            # when none is found does the LP (HiGHS) decide, with a Farkas certificate if empty.
-            D = self._data
-            probe = solve_polyhedron(D, A_t.new_zeros(1, n), tol=1e-9, max_iter=40)
-            feasible = bool(self._violation(probe.y) <= 1e-9 * max(1.0, float(D.c.abs().max()) if D.K else 1.0))
-            if not feasible:
-                C, c = D.C.cpu().numpy(), D.c.cpu().numpy()
-                check_nonempty(C[: D.m], c[: D.m], C[D.m:], c[D.m:], row_scale=row_scale.cpu().numpy())
+            self._check_nonempty()
 
     @staticmethod
     def _normalise(A, a, B, b) -> tuple[PolyhedronData, torch.Tensor]:
-        C = torch.cat([A, B], 0)
-        c = torch.cat([a, b], 0)
-        norms = C.norm(dim=1)
+        """Unit rows: ``C = S [A; B]``, ``c = S [a; b]`` with ``S`` the inverse row norms (1 on
+        zero rows); ``C`` keeps the batch dimensions of the matrices, ``c`` those of both."""
+        mb = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+        C = torch.cat([A.detach().expand(*mb, *A.shape[-2:]), B.detach().expand(*mb, *B.shape[-2:])], -2)
+        rb = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+        c = torch.cat([a.detach().expand(*rb, a.shape[-1]), b.detach().expand(*rb, b.shape[-1])], -1)
+        norms = C.norm(dim=-1)
         scale = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.ones_like(norms))
-        C = C * scale[:, None]
-        c = c * scale
-        return PolyhedronData.from_rows(C, c, A.shape[0]), scale
+        return PolyhedronData.from_rows(C * scale.unsqueeze(-1), c * scale, A.shape[-2]), scale
+
+    def _check_nonempty(self) -> None:
+        # A feasible point found by projecting the origin proves a sample nonempty, cheaply;
+        # only the others are decided by the LP (HiGHS), with a Farkas certificate if empty.
+        batch = torch.Size(self.batch_shape)
+        bound = self._bind(batch)
+        N = bound.N
+        probe = solve_polyhedron(bound.data, self.A.new_zeros(N, self.n), tol=1e-9, max_iter=40)
+        c = bound.data.c.expand(N, -1)
+        cscale = c.abs().amax(-1).clamp_min(1.0) if self.m + self.p else c.new_ones(N)
+        suspects = (~(bound._violation(probe.y) <= 1e-9 * cscale)).nonzero().flatten()
+        bound._raise_if_empty(suspects, batch)
 
     # -- protocol ---------------------------------------------------------------------
     @property
@@ -160,11 +228,11 @@ class Polyhedron(ConvexSet):
 
     @property
     def m(self) -> int:
-        return self.A.shape[0]
+        return self.A.shape[-2]
 
     @property
     def p(self) -> int:
-        return self.B.shape[0]
+        return self.B.shape[-2]
 
     @property
     def device(self) -> torch.device:
@@ -175,29 +243,105 @@ class Polyhedron(ConvexSet):
         if device == self.device:
             return self
         new = object.__new__(Polyhedron)
+        new.__dict__.update(self.__dict__)
         new.A, new.a, new.B, new.b = (t.to(device) for t in (self.A, self.a, self.B, self.b))
-        new.event_shape = self.event_shape
-        new._data = self._data.to(device)
+        new._data, new._scale = self._data.to(device), self._scale.to(device)
         return new
 
+    def _bind(self, batch: torch.Size) -> "_BoundPolyhedron":
+        N = math.prod(batch)
+
+        def flat(t, event_ndim):
+            if t.ndim == event_ndim:
+                return t  # shared by the whole batch
+            event = t.shape[t.ndim - event_ndim:]
+            return t.expand(*batch, *event).reshape(N, *event)
+
+        D = self._data
+        data = PolyhedronData(flat(D.C, 2), flat(D.c, 1), D.m, flat(D.G, 2), D.eq)
+        params = {name: flat(t, nd) for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1))
+                  if t.requires_grad}
+        return _BoundPolyhedron(data, flat(self._scale, 1), params, N, self.n, batch)
+
+    def __repr__(self) -> str:
+        batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
+        return f"Polyhedron(n={self.n}, m={self.m}, p={self.p}{batch}, device={self.device})"
+
+
+class _BoundPolyhedron(ConvexSet):
+    """A :class:`Polyhedron`'s normalised data for one flat batch of ``N`` points (shared parts
+    stay shared), with the raw constraint tensors that require grad: what the solver and the
+    backward see."""
+
+    def __init__(self, data: PolyhedronData, scale, params: dict, N: int, n: int, batch: torch.Size):
+        self.data, self.scale, self.params, self.N, self.batch = data, scale, params, N, batch
+        self.event_shape = (n,)
+
+    @property
+    def device(self):
+        return self.data.C.device
+
     def _solve(self, x, *, tol, max_iter):
-        res = solve_polyhedron(self._data, x, tol=tol, max_iter=max_iter)
-        return SetSolution(res.y, res.active[:, : self.m], res.kkt, res.iterations, res.converged, (res.active,))
+        res = solve_polyhedron(self.data, x, tol=tol, max_iter=max_iter)
+        state = (res.active, res.multipliers, res.y) if self.params else (res.active,)
+        return SetSolution(res.y, res.active[:, : self.data.m], res.kkt, res.iterations, res.converged, state)
 
     def _vjp(self, state, g):
-        (active,) = state
-        gx, _ = _jacobian.masked_nullspace_product(self._data.C, self._data.G, active, g)
-        return gx
+        return _jacobian.masked_nullspace_product(self.data, state[0], g)[0]
+
+    def _grad_inputs(self):
+        return tuple(self.params.values())
+
+    def _vjp_with_inputs(self, state, g):
+        active, nu, y = state
+        gx, w = _jacobian.masked_nullspace_product(self.data, active, g)
+        w, nu = w * self.scale, nu * self.scale  # multipliers of the raw (unnormalised) rows
+        m = self.data.m
+        grads = []
+        for name, t in self.params.items():
+            rows = slice(0, m) if name in ("A", "a") else slice(m, None)
+            if name in ("a", "b"):
+                grad = w[:, rows]
+                grads.append(grad if t.ndim == 2 else grad.sum(0))
+            elif t.ndim == 3:
+                grads.append(-(nu[:, rows, None] * gx[:, None, :] + w[:, rows, None] * y[:, None, :]))
+            else:
+                grads.append(-(nu[:, rows].T @ gx + w[:, rows].T @ y))
+        return gx, tuple(grads)
 
     def _jacobian(self, state):
-        (active,) = state
-        return _jacobian.explicit_jacobian(self._data.C, self._data.G, active, self.n)
+        return _jacobian.explicit_jacobian(self.data, state[0], self.event_shape[0])
 
     def _violation(self, y):
-        D = self._data
-        z = y @ D.C.T - D.c
+        D = self.data
+        z = D.rows(y) - D.c
         viol = torch.cat([z[:, : D.m].clamp_min(0), z[:, D.m:].abs()], 1)
         return viol.amax(-1) if viol.shape[1] else y.new_zeros(y.shape[0])
 
-    def __repr__(self) -> str:
-        return f"Polyhedron(n={self.n}, m={self.m}, p={self.p}, device={self.device})"
+    _MAX_LP_CHECKS = 256
+
+    def _raise_if_empty(self, index: torch.Tensor, batch) -> None:
+        """Decide by LP whether the samples ``index`` (flat) are empty; raise
+        :class:`InfeasibleError` naming the empty ones (at most ``_MAX_LP_CHECKS`` checked)."""
+        D = self.data
+        found = []
+        for i in index[: self._MAX_LP_CHECKS].tolist():
+            C = (D.C[i] if D.per_sample_matrix else D.C).cpu().numpy()
+            c = (D.c[i] if D.c.ndim == 2 else D.c).cpu().numpy()
+            scale = (self.scale[i] if self.scale.ndim == 2 else self.scale).cpu().numpy()
+            try:
+                check_nonempty(C[: D.m], c[: D.m], C[D.m:], c[D.m:], row_scale=scale)
+            except InfeasibleError as err:
+                found.append((i, err))
+        if not found:
+            return
+        if len(batch) == 0:
+            raise found[0][1]
+        where = [tuple(int(k) for k in np.unravel_index(i, tuple(batch))) for i, _ in found]
+        shown = ", ".join(map(str, where[:10])) + (" …" if len(where) > 10 else "")
+        first = found[0][1]
+        raise InfeasibleError(
+            f"the polyhedra of {len(found)} sample(s) are empty, at batch indices {shown} "
+            f"(batch shape {tuple(batch)}); at {where[0]}: {first}",
+            certificate=first.certificate, indices=where,
+        )

@@ -1,8 +1,8 @@
 """Batched, masked solves with a shared Gram matrix.
 
-Every sample ``s`` of a batch selects a subset of the rows of one constraint matrix
-``C ∈ ℝ^{K×n}`` through a 0/1 mask ``w_s``.  With ``G = C Cᵀ`` computed once, the sample's
-system on the selected rows is
+Every sample ``s`` of a batch selects a subset of the rows of a constraint matrix
+``C ∈ ℝ^{K×n}`` through a 0/1 mask ``w_s``.  With ``G = C Cᵀ`` computed once (shared, (K, K),
+or one per sample, (N, K, K)), the sample's system on the selected rows is
 
     (W_s G W_s + δ I) ν = r_s ,     W_s = Diag(w_s),
 
@@ -24,6 +24,15 @@ import torch
 _CHUNK_ENTRIES = 1 << 25
 # Systems with at most this many rows are factorised whole (gathering costs more than it saves).
 _GATHER_ABOVE = 48
+
+
+def _gather_gram(G: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``G[idx_s, idx_s]`` per sample: (N, k, k) from a shared (K, K) or per-sample (N, K, K) ``G``."""
+    K = G.shape[-1]
+    flat = idx.unsqueeze(-1) * K + idx.unsqueeze(-2)
+    if G.ndim == 2:
+        return torch.take(G, flat)
+    return G.flatten(1).gather(1, flat.flatten(1)).view_as(flat).to(G.dtype)
 
 
 class MaskedCholesky:
@@ -56,7 +65,7 @@ class MaskedCholesky:
             sl = slice(start, min(N, start + step))
             ii = order[sl]
             w = self.w[sl]
-            H = torch.take(G, ii.unsqueeze(-1) * K + ii.unsqueeze(-2)) * (w.unsqueeze(-1) * w.unsqueeze(-2))
+            H = _gather_gram(G if G.ndim == 2 else G[sl], ii) * (w.unsqueeze(-1) * w.unsqueeze(-2))
             H.diagonal(dim1=-2, dim2=-1).add_(delta[sl].unsqueeze(-1) if isinstance(delta, torch.Tensor) else delta)
             self.L[sl] = self._factor(H)
 
@@ -92,6 +101,8 @@ class MaskedCholesky:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         w = self.mask.to(v.dtype)
         if v.ndim == 2:
+            if self.G.ndim == 3:
+                return ((w * v).unsqueeze(-2) @ self.G).squeeze(-2) * w
             return ((w * v) @ self.G) * w  # G is symmetric
         return w.unsqueeze(-1) * torch.matmul(self.G, w.unsqueeze(-1) * v)
 
@@ -121,7 +132,7 @@ def solve_consistent(
     Returns ``(ν, rel_residual)`` with ``rel_residual = ‖r − W G W ν‖ / ‖r‖`` per sample.
     ``r`` may be (N, K) or (N, K, q) (several right-hand sides).
     """
-    scale = float(G.diagonal().abs().max()) if G.numel() else 1.0
+    scale = float(G.diagonal(dim1=-2, dim2=-1).abs().max()) if G.numel() else 1.0
     scale = scale if scale > 0 else 1.0
     chol = MaskedCholesky(G, mask, delta * scale)
     return _iterated_tikhonov(chol.solve, chol.matvec, r, max_refine=max_refine, rtol=rtol)
@@ -161,7 +172,7 @@ def pinv_solve(G: torch.Tensor, mask: torch.Tensor, r: torch.Tensor, *, rcond: f
     k = int(mask.sum(-1).max())
     idx = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :k]
     w = mask.gather(1, idx).to(G.dtype)
-    H = torch.take(G, idx.unsqueeze(-1) * K + idx.unsqueeze(-2)) * (w.unsqueeze(-1) * w.unsqueeze(-2))
+    H = _gather_gram(G, idx) * (w.unsqueeze(-1) * w.unsqueeze(-2))
     e, Q = torch.linalg.eigh(H)
     keep = e > rcond * e.amax(-1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
     inv = torch.where(keep, 1.0 / torch.where(keep, e, torch.ones_like(e)), torch.zeros_like(e))

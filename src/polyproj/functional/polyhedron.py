@@ -62,22 +62,49 @@ _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the bac
 
 @dataclass(frozen=True)
 class PolyhedronData:
-    """Normalised constraint data: ``C y ≤ c`` on the first ``m`` rows, ``= c`` on the rest."""
+    """Normalised constraint data: ``C y ≤ c`` on the first ``m`` rows, ``= c`` on the rest.
 
-    C: torch.Tensor  # (K, n) float64, unit rows (zero rows stay zero)
-    c: torch.Tensor  # (K,)
+    Shared data has ``C`` (K, n), ``G`` (K, K) and ``c`` (K,).  Per-sample data has a leading
+    batch dimension N on ``c`` (per-sample right-hand sides) and/or on ``C`` and ``G``
+    (per-sample matrices); every method below accepts both."""
+
+    C: torch.Tensor  # (K, n) or (N, K, n) float64, unit rows (zero rows stay zero)
+    c: torch.Tensor  # (K,) or (N, K)
     m: int
-    G: torch.Tensor  # (K, K) = C Cᵀ
+    G: torch.Tensor  # (K, K) or (N, K, K) = C Cᵀ
     eq: torch.Tensor  # (K,) bool, True on equality rows
 
     @classmethod
     def from_rows(cls, C: torch.Tensor, c: torch.Tensor, m: int) -> "PolyhedronData":
-        eq = torch.arange(C.shape[0], device=C.device) >= m
-        return cls(C=C, c=c, m=m, G=C @ C.T, eq=eq)
+        eq = torch.arange(C.shape[-2], device=C.device) >= m
+        return cls(C=C, c=c, m=m, G=C @ C.mT, eq=eq)
 
     @property
     def K(self) -> int:
-        return self.C.shape[0]
+        return self.C.shape[-2]
+
+    @property
+    def per_sample_matrix(self) -> bool:
+        return self.C.ndim == 3
+
+    def rows(self, y: torch.Tensor) -> torch.Tensor:
+        """``C y`` for every sample of y (N, n) → (N, K); y may be (N, n, q) → (N, K, q)."""
+        if self.per_sample_matrix:
+            return self.C @ y if y.ndim == 3 else (self.C @ y.unsqueeze(-1)).squeeze(-1)
+        return self.C @ y if y.ndim == 3 else y @ self.C.T
+
+    def combine(self, nu: torch.Tensor) -> torch.Tensor:
+        """``Cᵀ ν`` for every sample of ν (N, K) → (N, n)."""
+        if self.per_sample_matrix:
+            return (nu.unsqueeze(-2) @ self.C).squeeze(-2)
+        return nu @ self.C
+
+    def take(self, index: torch.Tensor) -> "PolyhedronData":
+        """The data of the samples ``index`` (shared parts are kept as they are)."""
+        if self.C.ndim == 2 and self.c.ndim == 1:
+            return self
+        pick = lambda t, k: t[index] if t.ndim == k else t  # noqa: E731
+        return PolyhedronData(pick(self.C, 3), pick(self.c, 2), self.m, pick(self.G, 3), self.eq)
 
     def to(self, device) -> "PolyhedronData":
         return PolyhedronData(self.C.to(device), self.c.to(device), self.m, self.G.to(device), self.eq.to(device))
@@ -97,8 +124,8 @@ def kkt_residual(data: PolyhedronData, x, y, nu, z=None):
     """Absolute KKT residual per sample of the point y (z = C y) with multipliers nu:
     max of stationarity, primal violation, complementarity and dual infeasibility."""
     if z is None:
-        z = y @ data.C.T
-    stat = (y - x + nu @ data.C).abs().amax(-1)
+        z = data.rows(y)
+    stat = (y - x + data.combine(nu)).abs().amax(-1)
     if data.K == 0:
         return stat
     r = z - data.c
@@ -164,27 +191,27 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
 
     Finite termination: the iterate is the exact minimiser once the active pattern repeats
     after a full step.  Finished samples leave the working set.  Returns (y, steps)."""
-    C, c, eq = data.C, data.c, data.eq
+    eq = data.eq
     N = x.shape[0]
     y = y.clone()
     steps = torch.zeros(N, dtype=torch.long, device=x.device)
-    u = nu + rho[:, None] * (y @ C.T - c)  # penalty argument, updated along the steps
+    u = nu + rho[:, None] * (data.rows(y) - data.c)  # penalty argument, updated along the steps
     mask = (u > 0) | eq
-    gs = y - x + (u * mask) @ C
+    gs = y - x + data.combine(u * mask)
     need = gs.abs().amax(-1) > 1e-15 * _scale(sx, y)
     if bool(need.all()):
-        live, xs, ys, us, ms, rs = None, x, y, u, mask, rho
+        live, xs, ys, us, ms, rs, ds = None, x, y, u, mask, rho, data
     else:
         live = need.nonzero().flatten()
         if live.numel() == 0:
             return y, steps
-        xs, ys, us, ms, gs, rs = x[live], y[live], u[live], mask[live], gs[live], rho[live]
+        xs, ys, us, ms, gs, rs, ds = x[live], y[live], u[live], mask[live], gs[live], rho[live], data.take(live)
     for it in range(max_steps):
         if it:
-            gs = ys - xs + (us * ms) @ C
+            gs = ys - xs + ds.combine(us * ms)
         # Woodbury: (I + ρCᵀWC)⁻¹ = I − CᵀW(I/ρ + WGW)⁻¹WC, one masked Cholesky per sample
-        d = MaskedCholesky(data.G, ms, 1.0 / rs).solve(gs @ C.T) @ C - gs
-        v = rs[:, None] * (d @ C.T)
+        d = ds.combine(MaskedCholesky(ds.G, ms, 1.0 / rs).solve(ds.rows(gs))) - gs
+        v = rs[:, None] * ds.rows(d)
         # Full Newton step where it decreases φ enough, else the exact minimiser along d.
         full = _full_step_ok(ys - xs, d, us, v, ms, (gs * d).sum(-1), rs, eq)
         if bool(full.all()):
@@ -213,7 +240,7 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
             if keep.numel() == 0:
                 break
             live = keep if live is None else live[keep]
-            xs, ys, us, ms, rs = xs[keep], ys[keep], us[keep], ms[keep], rs[keep]
+            xs, ys, us, ms, rs, ds = xs[keep], ys[keep], us[keep], ms[keep], rs[keep], ds.take(keep)
     return y, steps
 
 
@@ -223,11 +250,11 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx):
     ``zx = C x``.  Returns the polished point, its certifying multiplier (its own minimum-norm
     one, or ``nu`` where that is better) and its relative KKT residual."""
     s = _scale(sx, y)
-    chosen = data.eq | (nu > 0) | (data.c - y @ data.C.T <= _POLISH_TAU * s[:, None])
+    chosen = data.eq | (nu > 0) | (data.c - data.rows(y) <= _POLISH_TAU * s[:, None])
     rhs = (zx - data.c) * chosen
     nu_p, _ = solve_consistent(data.G, chosen, rhs)
-    y_p = x - nu_p @ data.C
-    z_p = y_p @ data.C.T
+    y_p = x - data.combine(nu_p)
+    z_p = data.rows(y_p)
     own = kkt_residual(data, x, y_p, nu_p, z_p)
     # Dependent rows: rounding noise in the null space of the active Gram matrix can make a
     # zero multiplier slightly negative.  Recompute those samples' multipliers by a
@@ -237,10 +264,11 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx):
     noisy = primal_ok & (own > 1e-3 * _POLISH_TAU * _scale(sx, y_p)) & ((nu_p < 0) & ~data.eq).any(-1)
     if bool(noisy.any()):
         i = noisy.nonzero().flatten()
-        nu_i = pinv_solve(data.G, chosen[i], rhs[i])
-        y_i = x[i] - nu_i @ data.C
-        z_i = y_i @ data.C.T
-        own_i = kkt_residual(data, x[i], y_i, nu_i, z_i)
+        di = data.take(i)
+        nu_i = pinv_solve(di.G, chosen[i], rhs[i])
+        y_i = x[i] - di.combine(nu_i)
+        z_i = di.rows(y_i)
+        own_i = kkt_residual(di, x[i], y_i, nu_i, z_i)
         better = own_i < own[i]
         j = i[better]
         nu_p[j], y_p[j], z_p[j], own[j] = nu_i[better], y_i[better], z_i[better], own_i[better]
@@ -253,7 +281,7 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx):
 def active_rows(data: PolyhedronData, x, y, nu, sx):
     """Rows treated as active by the backward: every equality row, and the inequality rows
     with slack ≤ τ·s or a positive certified multiplier (DESIGN §4, activity tolerance)."""
-    slack = data.c - y @ data.C.T
+    slack = data.c - data.rows(y)
     return data.eq | (slack <= _ACTIVE_TAU * _scale(sx, y)[:, None]) | (nu > 0)
 
 
@@ -270,7 +298,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
     kkt = x.new_zeros(N) if data.K == 0 else torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
     steps = torch.zeros(N, dtype=torch.long, device=dev)
     if data.K and N:
-        zx = x @ data.C.T
+        zx = data.rows(x)
         live = torch.arange(N, device=dev)
         y_best, nu_best = y.clone(), nu.clone()
         rho = torch.full((N,), _RHO, dtype=x.dtype, device=dev)
@@ -278,13 +306,14 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
         for _ in range(max_iter):
             all_live = live.numel() == N
             xs, ss, zs, rs = (x, sx, zx, rho) if all_live else (x[live], sx[live], zx[live], rho[live])
+            ds = data if all_live else data.take(live)
             budget = max(1, min(50, max_iter - int(steps[live].max())))
-            ys, k = _inner_newton(data, xs, y if all_live else y[live], nu if all_live else nu[live], ss, rs, budget)
+            ys, k = _inner_newton(ds, xs, y if all_live else y[live], nu if all_live else nu[live], ss, rs, budget)
             steps[live] += k
-            r = ys @ data.C.T - data.c
+            r = ds.rows(ys) - ds.c
             ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
-            yp, np_, kp = polish(data, xs, zs, ys, ns, ss)
+            yp, np_, kp = polish(ds, xs, zs, ys, ns, ss)
             better = kp < kkt[live]
             y_best[live] = torch.where(better[:, None], yp, y_best[live])
             nu_best[live] = torch.where(better[:, None], np_, nu_best[live])
