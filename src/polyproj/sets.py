@@ -283,7 +283,8 @@ class _BoundPolyhedron(ConvexSet):
 
     def _solve(self, x, *, tol, max_iter):
         res = solve_polyhedron(self.data, x, tol=tol, max_iter=max_iter)
-        state = (res.active, res.multipliers, res.y) if self.params else (res.active,)
+        # (the saved y is a copy: the output itself must stay differentiable)
+        state = (res.active, res.multipliers, res.y.clone()) if self.params else (res.active,)
         return SetSolution(res.y, res.active[:, : self.data.m], res.kkt, res.iterations, res.converged, state)
 
     def _vjp(self, state, g):
