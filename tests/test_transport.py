@@ -84,7 +84,10 @@ def test_hand_example():
 @pytest.mark.parametrize("call, exc, pattern", [
     (lambda: pp.Transportation([1.0, -1.0], [0.0, 0.0]), pp.InfeasibleError, r"row_sums\[1\] = -1.0 < 0"),
     (lambda: pp.Transportation([1.0, 1.0], [1.0, 2.0]), pp.InfeasibleError, r"sum\(row_sums\) = 2.0 != sum\(col_sums\) = 3.0"),
-    (lambda: pp.Transportation([[1.0]], [1.0]), ValueError, r"row_sums must have 1 dimension"),
+    (lambda: pp.Transportation(1.0, [1.0]), ValueError, r"row_sums must have at least 1 dimension"),
+    (lambda: pp.Transportation(np.ones((3, 2)), np.ones((2, 2))), ValueError, r"batch dimensions of row_sums and col_sums do not broadcast"),
+    (lambda: pp.Transportation(np.ones((2, 2)), np.array([[1.0, 1.0], [1.0, 2.0]])), pp.InfeasibleError,
+     r"empty at batch indices \(1,\): sum\(row_sums\) = 2.0 != sum\(col_sums\) = 3.0"),
     (lambda: pp.Transportation([1.0, np.nan], [1.0, 1.0]), ValueError, r"row_sums must be finite"),
     (lambda: pp.project(torch.zeros(3, 4, dtype=F64), pp.Birkhoff()), ValueError, r"\(\.\.\., n, n\)"),
     (lambda: pp.project(torch.zeros(3, 3, dtype=F64), pp.Transportation([1.0, 1.0], [1.0, 1.0])), ValueError,

@@ -21,33 +21,44 @@ __all__ = ["Box", "HalfSpace", "Simplex", "CappedSimplex", "Transportation", "Bi
 
 
 def _bounds(lower, upper, what):
-    """Validate a pair of bound vectors; ±inf allowed (a missing side), NaN not."""
+    """Validate a pair of bound arrays ``(..., n)`` (batch dimensions broadcast); ±inf allowed
+    (a missing side), NaN not.  Tensors that require grad stay attached to their graph."""
     device = next((t.device for t in (lower, upper) if isinstance(t, torch.Tensor)), torch.device("cpu"))
     lo = _as_bound(lower, "lower", device)
     up = _as_bound(upper, "upper", device)
-    if lo.shape != up.shape:
+    if lo.shape[-1] != up.shape[-1]:
         raise ValueError(f"lower and upper must have the same shape, got {tuple(lo.shape)} and {tuple(up.shape)}")
+    _broadcast("lower and upper", lo.shape[:-1], up.shape[:-1])
     if bool((lo == float("inf")).any()) or bool((up == -float("inf")).any()):
         raise ValueError("lower may not contain +inf and upper may not contain -inf")
-    bad = (lo > up).nonzero().flatten()
-    if bad.numel():
-        i = int(bad[0])
-        raise InfeasibleError(f"the {what} is empty: lower[{i}] = {float(lo[i])} > upper[{i}] = {float(up[i])}")
+    bad = (lo.detach() > up.detach()).nonzero()
+    if bad.shape[0]:
+        i = tuple(bad[0].tolist())
+        at = i[-1] if len(i) == 1 else i
+        lo_b, up_b = torch.broadcast_tensors(lo.detach(), up.detach())
+        raise InfeasibleError(f"the {what} is empty: lower[{at}] = {float(lo_b[i])} > upper[{at}] = {float(up_b[i])}")
     return lo, up
 
 
 def _as_bound(value, name, device):
-    t = value.detach().to(torch.float64).to(device) if isinstance(value, torch.Tensor) else None
-    if t is None:
+    if isinstance(value, torch.Tensor):
+        t = (value if value.requires_grad else value.detach()).to(device=device, dtype=torch.float64, copy=True)
+    else:
         import numpy as np
 
-        arr = np.asarray(value, dtype=np.float64)
-        t = torch.as_tensor(arr, device=device)
-    if t.ndim != 1 or t.shape[0] < 1:
-        raise ValueError(f"{name} must be a 1-D array of length n >= 1, got shape {tuple(t.shape)}")
+        t = torch.as_tensor(np.array(value, dtype=np.float64), device=device)
+    if t.ndim < 1 or t.shape[-1] < 1:
+        raise ValueError(f"{name} must be an array of shape (..., n) with n >= 1, got shape {tuple(t.shape)}")
     if bool(torch.isnan(t).any()):
         raise ValueError(f"{name} must not contain NaN")
     return t
+
+
+def _broadcast(what, *shapes):
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        raise ValueError(f"the batch dimensions of {what} do not broadcast: {', '.join(map(str, map(tuple, shapes)))}") from None
 
 
 def _scalar(value, name):
@@ -60,7 +71,67 @@ def _scalar(value, name):
     return v
 
 
-class _VectorSet(ConvexSet):
+def _scalar_or_batch(value, name, device):
+    """A scalar parameter (float) or a tensor of per-sample values (kept attached to its graph
+    when it requires grad)."""
+    if isinstance(value, torch.Tensor) and (value.ndim > 0 or value.requires_grad):
+        t = as_tensor(value, name, device=device, keep_grad=True)
+        return t
+    return _scalar(value, name)
+
+
+def _flat(t, batch, event_ndim):
+    """``t`` (batch dims + event dims) broadcast to ``batch`` and flattened to (N, *event)."""
+    if not isinstance(t, torch.Tensor) or t.ndim == event_ndim:
+        return t
+    event = t.shape[t.ndim - event_ndim:]
+    return t.expand(*batch, *event).reshape(-1, *event)
+
+
+def _sum_to(grad, t):
+    """Reduce a per-sample gradient (N, ...) to the shape of the parameter it belongs to."""
+    return grad if grad.ndim == t.ndim else grad.sum(0)
+
+
+class _ParamSet(ConvexSet):
+    """Tensor parameters of a structured set.  ``_param_event_ndim`` names them and gives
+    their number of event dimensions; leading dimensions beyond those are batch dimensions
+    (``batch_shape``), and parameters that require grad receive gradients from the backward
+    (``_vjp_with_inputs``)."""
+
+    _param_event_ndim: dict = {}
+    _grad_names: tuple = ()
+
+    def _params(self):
+        return {k: getattr(self, k) for k in self._param_event_ndim if isinstance(getattr(self, k), torch.Tensor)}
+
+    def _batch_of_params(self, what):
+        shapes = [t.shape[: t.ndim - self._param_event_ndim[k]] for k, t in self._params().items()]
+        return _broadcast(what, *shapes) if shapes else ()
+
+    def _bind(self, batch):
+        params = self._params()
+        grads = tuple(k for k, t in params.items() if t.requires_grad)
+        if not self.batch_shape and not grads:
+            return self
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        for k, t in params.items():
+            setattr(new, k, _flat(t, batch, self._param_event_ndim[k]) if self.batch_shape else t)
+        new.batch_shape = ()
+        new._grad_names = grads
+        return new
+
+    def _grad_inputs(self):
+        return tuple(getattr(self, k) for k in self._grad_names)
+
+    def _value(self, name, dtype):
+        """A parameter as the kernels take it: detached, in the working dtype."""
+        v = getattr(self, name)
+        return v.detach().to(dtype) if isinstance(v, torch.Tensor) else v
+
+
+class _VectorSet(_ParamSet):
     """Shared plumbing of the vector-valued structured sets (data on one device).  Their
     projections are exact in any floating-point precision, so they run in the input's dtype
     (``native_dtype``) instead of float64."""
@@ -84,15 +155,28 @@ class _VectorSet(ConvexSet):
         return ~(active[:, :n] | active[:, n:])
 
     def _box_violation(self, y):
-        return torch.maximum((y - self.upper).clamp_min(0), (self.lower - y).clamp_min(0)).amax(-1)
+        return torch.maximum((y - self._value("upper", y.dtype)).clamp_min(0),
+                             (self._value("lower", y.dtype) - y).clamp_min(0)).amax(-1)
 
     def _moved(self, device, **tensors):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         for k, v in tensors.items():
-            setattr(new, k, v.to(device))
+            if isinstance(v, torch.Tensor):
+                setattr(new, k, v.to(device))
         new._device = torch.device(device)
         return new
+
+    def _bound_grads(self, active, gf):
+        """Gradients for ``lower``/``upper`` (whichever require grad) from ``gf``: each
+        coordinate's value goes to the bound it sits at (the upper one where ``l = u``)."""
+        n = active.shape[-1] // 2
+        at_upper, at_lower = active[:, :n], active[:, n:] & ~active[:, :n]
+        out = {}
+        for k, mask in (("upper", at_upper), ("lower", at_lower)):
+            if k in self._grad_names:
+                out[k] = _sum_to(gf * mask, getattr(self, k))
+        return out
 
 
 class Box(_VectorSet):
@@ -100,31 +184,42 @@ class Box(_VectorSet):
 
     Projection: ``y = clip(x, l, u)``, exact, O(n).
     Backward: ``J g = f ⊙ g`` with ``f`` the coordinates strictly inside their bounds
-    (a coordinate at a bound, up to the activity tolerance, is active and gets 0).
-    ``info.active`` has 2n rows: ``y ≤ u`` then ``−y ≤ −l``.
+    (a coordinate at a bound, up to the activity tolerance, is active and gets 0);
+    ``g_u = g`` on the coordinates at their upper bound, ``g_l = g`` on those at their lower
+    bound, 0 elsewhere.
+    ``info.active`` has 2n rows: ``y ≤ u`` then ``−y ≤ −l``.  ``lower``/``upper`` may carry
+    batch dimensions ``(..., n)`` (per-sample bounds) and may require grad.
 
     >>> import torch, polyproj as pp
     >>> pp.project(torch.tensor([-1.0, 0.5, 3.0]), pp.Box(torch.zeros(3), torch.ones(3)))
     tensor([0.0000, 0.5000, 1.0000])
     """
 
+    _param_event_ndim = {"lower": 1, "upper": 1}
+
     def __init__(self, lower, upper):
         self.lower, self.upper = _bounds(lower, upper, "box")
         self._device = self.lower.device
-        self.event_shape = (self.lower.shape[0],)
+        self.event_shape = (self.lower.shape[-1],)
+        self.batch_shape = self._batch_of_params("lower and upper")
 
     def to(self, device):
         return self._moved(device, lower=self.lower, upper=self.upper)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_box(x, self.lower.to(x.dtype), self.upper.to(x.dtype))
-        return self._closed_form(y, active, kkt, tol, self._free(active))
+        y, active, kkt = simple_sets.project_box(x, self._value("lower", x.dtype), self._value("upper", x.dtype))
+        return self._closed_form(y, active, kkt, tol, active)
 
     def _vjp(self, state, g):
-        return _jacobian.box_product(state[0], g)
+        return _jacobian.box_product(self._free(state[0]), g)
+
+    def _vjp_with_inputs(self, state, g):
+        (active,) = state
+        grads = self._bound_grads(active, g)
+        return self._vjp(state, g), tuple(grads[k] for k in self._grad_names)
 
     def _jacobian(self, state):
-        return _jacobian.box_jacobian(state[0])
+        return _jacobian.box_jacobian(self._free(state[0]))
 
     def _violation(self, y):
         return self._box_violation(y)
@@ -132,12 +227,17 @@ class Box(_VectorSet):
     def as_polyhedron(self) -> Polyhedron:
         n = self.event_shape[0]
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
-        A, a = torch.cat([eye, -eye]), torch.cat([self.upper, -self.lower])
+        A, a = torch.cat([eye, -eye]), torch.cat([self.upper.detach(), -self.lower.detach()], -1)
         keep = torch.isfinite(a)
+        if a.ndim > 1:
+            if not bool(keep.all()):
+                raise ValueError("as_polyhedron of a box with per-sample bounds needs finite bounds")
+            return Polyhedron(A=A, a=a)
         return Polyhedron(A=A[keep], a=a[keep])
 
     def __repr__(self):
-        return f"Box(n={self.event_shape[0]})"
+        batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
+        return f"Box(n={self.event_shape[0]}{batch})"
 
 
 class HalfSpace(_VectorSet):
@@ -239,8 +339,12 @@ class CappedSimplex(_VectorSet):
     linear ``φ(τ) = Σ clip(x_i − τ, l_i, u_i)``, then recomputed exactly on the identified free
     set; O(n log n) per point, batched.
     Backward: ``J g = f ⊙ (g − (fᵀg)/|F|)``, ``f`` = free coordinates ``l_i < y_i < u_i``;
-    ``J = 0`` when none is free.
-    ``info.active`` has 2n rows: ``y ≤ u`` then ``−y ≤ −l``.
+    ``J = 0`` when none is free.  For the data (from ``τ = (Σ_F x + Σ_L l + Σ_U u − r)/|F|``):
+    ``g_r = (fᵀg)/|F|``, ``g_l = g − (fᵀg)/|F|`` on the coordinates at their lower bound,
+    ``g_u`` likewise at the upper bound, 0 elsewhere (``(fᵀg)/|F|`` read as 0 when ``F = ∅``).
+    ``info.active`` has 2n rows: ``y ≤ u`` then ``−y ≤ −l``.  ``lower``/``upper``
+    ``(..., n)`` and ``total`` (a scalar or a tensor ``(...)``) may carry batch dimensions and
+    may require grad.
 
     >>> import torch, polyproj as pp
     >>> S = pp.CappedSimplex(torch.zeros(3), torch.full((3,), 0.4), 1.0)
@@ -248,46 +352,76 @@ class CappedSimplex(_VectorSet):
     tensor([0.4000, 0.3000, 0.3000])
     """
 
+    _param_event_ndim = {"lower": 1, "upper": 1, "total": 0}
+
     def __init__(self, lower, upper, total=1.0):
         self.lower, self.upper = _bounds(lower, upper, "capped simplex")
-        check_finite(self.lower, "lower")
-        check_finite(self.upper, "upper")
-        self.total = _scalar(total, "total")
-        lo, hi = float(self.lower.sum()), float(self.upper.sum())
-        if not (lo <= self.total <= hi):
-            raise InfeasibleError(
-                f"the capped simplex is empty: total = {self.total} is outside [sum(lower), sum(upper)] = [{lo}, {hi}]")
+        check_finite(self.lower.detach(), "lower")
+        check_finite(self.upper.detach(), "upper")
+        self.total = _scalar_or_batch(total, "total", self.lower.device)
         self._device = self.lower.device
-        self.event_shape = (self.lower.shape[0],)
+        self.event_shape = (self.lower.shape[-1],)
+        self.batch_shape = self._batch_of_params("lower, upper and total")
+        lo, hi = self.lower.detach().sum(-1), self.upper.detach().sum(-1)
+        tot = self.total.detach() if isinstance(self.total, torch.Tensor) else torch.tensor(self.total, dtype=torch.float64)
+        lo, hi, tot = torch.broadcast_tensors(lo, hi, tot.to(lo.device))
+        bad = ~((lo <= tot) & (tot <= hi))
+        if bool(bad.any()):
+            idx = [tuple(i) for i in bad.nonzero().tolist()]
+            i = idx[0]
+            where = f" at batch indices {', '.join(map(str, idx[:10]))}" if self.batch_shape else ""
+            raise InfeasibleError(
+                f"the capped simplex is empty{where}: total = {float(tot[i])} is outside "
+                f"[sum(lower), sum(upper)] = [{float(lo[i])}, {float(hi[i])}]",
+                indices=idx if self.batch_shape else None)
 
     def to(self, device):
-        return self._moved(device, lower=self.lower, upper=self.upper)
+        return self._moved(device, lower=self.lower, upper=self.upper, total=self.total)
+
+    def _total(self, dtype):
+        tot = self._value("total", dtype)
+        return tot if not isinstance(tot, torch.Tensor) or tot.ndim == 0 else tot[:, None]
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_capped_simplex(x, self.lower.to(x.dtype), self.upper.to(x.dtype), self.total)
-        return self._closed_form(y, active, kkt, tol, self._free(active))
+        y, active, kkt = simple_sets.project_capped_simplex(
+            x, self._value("lower", x.dtype), self._value("upper", x.dtype), self._total(x.dtype))
+        return self._closed_form(y, active, kkt, tol, active)
 
     def _vjp(self, state, g):
-        return _jacobian.face_product(state[0], g)
+        return _jacobian.face_product(self._free(state[0]), g)
+
+    def _vjp_with_inputs(self, state, g):
+        (active,) = state
+        f = self._free(active).to(g.dtype)
+        mean = (f * g).sum(-1, keepdim=True) / f.sum(-1, keepdim=True).clamp_min(1)
+        grads = self._bound_grads(active, g - mean)
+        if "total" in self._grad_names:
+            grads["total"] = _sum_to(mean.squeeze(-1), self.total)
+        return _jacobian.face_product(self._free(active), g), tuple(grads[k] for k in self._grad_names)
 
     def _jacobian(self, state):
-        return _jacobian.face_jacobian(state[0])
+        return _jacobian.face_jacobian(self._free(state[0]))
 
     def _violation(self, y):
-        return torch.maximum(self._box_violation(y), (y.sum(-1) - self.total).abs() / y.shape[-1] ** 0.5)
+        tot = self._total(y.dtype)
+        gap = (y.sum(-1, keepdim=True) - tot).abs().squeeze(-1) if isinstance(tot, torch.Tensor) else (y.sum(-1) - tot).abs()
+        return torch.maximum(self._box_violation(y), gap / y.shape[-1] ** 0.5)
 
     def as_polyhedron(self) -> Polyhedron:
         n = self.event_shape[0]
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
-        return Polyhedron(A=torch.cat([eye, -eye]), a=torch.cat([self.upper, -self.lower]),
+        tot = self.total.detach() if isinstance(self.total, torch.Tensor) else torch.tensor(self.total, dtype=torch.float64)
+        return Polyhedron(A=torch.cat([eye, -eye]), a=torch.cat([self.upper.detach(), -self.lower.detach()], -1),
                           B=torch.ones(1, n, dtype=torch.float64, device=self.device),
-                          b=torch.tensor([self.total], dtype=torch.float64, device=self.device))
+                          b=tot.to(self.device, torch.float64).unsqueeze(-1))
 
     def __repr__(self):
-        return f"CappedSimplex(n={self.event_shape[0]}, total={self.total})"
+        batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
+        total = f"total={self.total}" if not isinstance(self.total, torch.Tensor) else "total=<tensor>"
+        return f"CappedSimplex(n={self.event_shape[0]}, {total}{batch})"
 
 
-class Transportation(ConvexSet):
+class Transportation(_ParamSet):
     r"""The transportation polytope :math:`\{X \in ℝ^{m×n} : X \ge 0,\ X\mathbf 1 = r,\ X^\top\mathbf 1 = c\}`
     (``r ≥ 0``, ``c ≥ 0``, ``Σr = Σc``); input ``x`` of shape ``(..., m, n)``.
 
@@ -305,21 +439,31 @@ class Transportation(ConvexSet):
             [1.0000, 1.0000]], dtype=torch.float64)
     """
 
+    _param_event_ndim = {"row_sums": 1, "col_sums": 1}
+
     def __init__(self, row_sums, col_sums):
         device = next((t.device for t in (row_sums, col_sums) if isinstance(t, torch.Tensor)), torch.device("cpu"))
-        self.row_sums = as_tensor(row_sums, "row_sums", device=device, ndim=1)
-        self.col_sums = as_tensor(col_sums, "col_sums", device=device, ndim=1)
+        self.row_sums = as_tensor(row_sums, "row_sums", device=device, min_ndim=1, keep_grad=True)
+        self.col_sums = as_tensor(col_sums, "col_sums", device=device, min_ndim=1, keep_grad=True)
+        self.batch_shape = self._batch_of_params("row_sums and col_sums")
+        where = lambda i: f" at batch index {i[:-1]}" if self.batch_shape else ""  # noqa: E731
         for name, v in (("row_sums", self.row_sums), ("col_sums", self.col_sums)):
-            if v.shape[0] < 1:
+            if v.shape[-1] < 1:
                 raise ValueError(f"{name} must have length >= 1")
-            if bool((v < 0).any()):
-                i = int((v < 0).nonzero()[0])
-                raise InfeasibleError(f"the transportation polytope is empty: {name}[{i}] = {float(v[i])} < 0")
-        sr, sc = float(self.row_sums.sum()), float(self.col_sums.sum())
-        if abs(sr - sc) > 1e-12 * max(1.0, abs(sr), abs(sc)):
-            raise InfeasibleError(f"the transportation polytope is empty: sum(row_sums) = {sr} != sum(col_sums) = {sc}")
+            neg = (v.detach() < 0).nonzero()
+            if neg.shape[0]:
+                i = tuple(neg[0].tolist())
+                raise InfeasibleError(f"the transportation polytope is empty{where(i)}: {name}[{i[-1]}] = {float(v[i])} < 0")
+        sr, sc = torch.broadcast_tensors(self.row_sums.detach().sum(-1), self.col_sums.detach().sum(-1))
+        bad = (sr - sc).abs() > 1e-12 * torch.maximum(sr.abs(), sc.abs()).clamp_min(1.0)
+        if bool(bad.any()):
+            idx = [tuple(i) for i in bad.nonzero().tolist()]
+            i = idx[0]
+            at = f" at batch indices {', '.join(map(str, idx[:10]))}" if self.batch_shape else ""
+            raise InfeasibleError(f"the transportation polytope is empty{at}: sum(row_sums) = {float(sr[i])} "
+                                  f"!= sum(col_sums) = {float(sc[i])}", indices=idx if self.batch_shape else None)
         self._device = self.row_sums.device
-        self.event_shape = (self.row_sums.shape[0], self.col_sums.shape[0])
+        self.event_shape = (self.row_sums.shape[-1], self.col_sums.shape[-1])
 
     @property
     def device(self):
@@ -333,7 +477,7 @@ class Transportation(ConvexSet):
         return new
 
     def _marginals(self, x):
-        return self.row_sums, self.col_sums
+        return self._value("row_sums", torch.float64), self._value("col_sums", torch.float64)
 
     def _solve(self, x, *, tol, max_iter):
         from .functional.transport import project_transport, transport_active
@@ -345,6 +489,11 @@ class Transportation(ConvexSet):
 
     def _vjp(self, state, g):
         return _jacobian.transport_product(state[0], g)[0]
+
+    def _vjp_with_inputs(self, state, g):
+        JG, alpha, beta = _jacobian.transport_product(state[0], g)
+        grads = {"row_sums": alpha, "col_sums": beta}
+        return JG, tuple(_sum_to(grads[k], getattr(self, k)) for k in self._grad_names)
 
     def _jacobian(self, state):
         return _jacobian.transport_jacobian(state[0])
@@ -359,11 +508,13 @@ class Transportation(ConvexSet):
         m = self.event_shape[0] if m is None else m
         n = self.event_shape[1] if n is None else n
         r, c = self._marginals(torch.zeros(1, m, n, dtype=torch.float64, device=self.device))
+        batch = torch.broadcast_shapes(r.shape[:-1], c.shape[:-1])
+        r, c = r.expand(*batch, m), c.expand(*batch, n)
         eye = torch.eye(m * n, dtype=torch.float64, device=self.device)
         rows = torch.kron(torch.eye(m, dtype=torch.float64), torch.ones(1, n, dtype=torch.float64)).to(self.device)
         cols = torch.kron(torch.ones(1, m, dtype=torch.float64), torch.eye(n, dtype=torch.float64)).to(self.device)
         return Polyhedron(A=-eye, a=torch.zeros(m * n, dtype=torch.float64, device=self.device),
-                          B=torch.cat([rows, cols]), b=torch.cat([r, c]))
+                          B=torch.cat([rows, cols]), b=torch.cat([r, c], -1))
 
     def __repr__(self):
         return f"Transportation(m={self.event_shape[0]}, n={self.event_shape[1]})"
@@ -381,6 +532,8 @@ class Birkhoff(Transportation):
     tensor([[1., 0.],
             [0., 1.]], dtype=torch.float64)
     """
+
+    _param_event_ndim = {}
 
     def __init__(self):
         self._device = torch.device("cpu")

@@ -65,14 +65,15 @@ def project_simplex(x, total):
 
 
 def capped_threshold(x, lower, upper, total):
-    """τ with ``Σ clip(x − τ, l, u) = total`` (requires Σl ≤ total ≤ Σu), by sorted breakpoints."""
+    """τ with ``Σ clip(x − τ, l, u) = total`` (requires Σl ≤ total ≤ Σu), by sorted breakpoints.
+    ``lower``, ``upper``: (n,) or (N, n); ``total``: a float or (N, 1)."""
     N, n = x.shape
     bp = torch.cat([x - upper, x - lower], -1)  # leaving the upper bound, reaching the lower bound
     step = torch.cat([torch.ones_like(x), -torch.ones_like(x)], -1)  # change of the free count
     B, order = torch.sort(bp, dim=-1)
     free = torch.cumsum(step.gather(1, order), -1)  # free count just after each breakpoint
     gaps = torch.diff(B, dim=-1)
-    phi0 = upper.sum(-1).expand(N) if upper.ndim == 1 else upper.sum(-1)
+    phi0 = upper.sum(-1).expand(N)
     # φ at each breakpoint, starting from φ(B_1) = Σu
     phi = torch.cat([phi0[:, None], phi0[:, None] - torch.cumsum(free[:, :-1] * gaps, -1)], -1)
     # last breakpoint with φ ≥ total
@@ -95,5 +96,5 @@ def project_capped_simplex(x, lower, upper, total):
     y = torch.where(same, y_exact, y)
     t = _tau(x, y)
     active = torch.cat([y >= upper - t, y <= lower + t], -1)
-    kkt = (y.sum(-1) - total).abs() / _scale(x, y)
+    kkt = (y.sum(-1, keepdim=True) - total).abs().squeeze(-1) / _scale(x, y)
     return y, active, kkt

@@ -57,26 +57,28 @@ def _newton_direction(theta, ga, gb, eps):
 
 
 def _dual_value(Z, alpha, beta, r, c):
-    return 0.5 * Z.clamp_min(0).square().sum((1, 2)) + alpha @ r + beta @ c
+    return 0.5 * Z.clamp_min(0).square().sum((1, 2)) + (alpha * r).sum(-1) + (beta * c).sum(-1)
 
 
 def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol: float, max_iter: int = 100):
-    """Returns ``(X, alpha, beta, kkt, iterations)`` for a batch ``Y`` (N, m, n), float64."""
+    """Returns ``(X, alpha, beta, kkt, iterations)`` for a batch ``Y`` (N, m, n), float64;
+    the marginals ``r`` (m,) or (N, m) and ``c`` (n,) or (N, n) are shared or per sample."""
     N, m, n = Y.shape
     dev, dt = Y.device, Y.dtype
-    s = torch.maximum(Y.abs().flatten(1).amax(-1), torch.maximum(r.abs().max(), c.abs().max()).expand(N)).clamp_min(1e-300)
+    r, c = r.expand(N, m), c.expand(N, n)
+    s = torch.maximum(Y.abs().flatten(1).amax(-1), torch.maximum(r.abs().amax(-1), c.abs().amax(-1))).clamp_min(1e-300)
     # start from the projection onto the affine hull (nonnegativity ignored)
     alpha = (Y.sum(2) - r) / n
     beta = (Y.sum(1) - c - alpha.sum(1, keepdim=True)) / m
     iters = torch.zeros(N, dtype=torch.long, device=dev)
     kkt = torch.full((N,), float("inf"), dtype=dt, device=dev)
     live = torch.arange(N, device=dev)
-    a_l, b_l, Y_l, s_l = alpha, beta, Y, s
+    a_l, b_l, Y_l, s_l, r_l, c_l = alpha, beta, Y, s, r, c
     z_sign = torch.cat([torch.ones(m, dtype=dt, device=dev), -torch.ones(n, dtype=dt, device=dev)])
     for it in range(max_iter + 1):
         Z = Y_l - a_l[:, :, None] - b_l[:, None, :]
         X = Z.clamp_min(0)
-        ga, gb = r - X.sum(2), c - X.sum(1)
+        ga, gb = r_l - X.sum(2), c_l - X.sum(1)
         res = torch.maximum(ga.abs().amax(-1), gb.abs().amax(-1)) / s_l
         done = res <= tol
         if it == max_iter:
@@ -85,7 +87,7 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
             idx = live[done]
             alpha[idx], beta[idx], kkt[idx], iters[idx] = a_l[done], b_l[done], res[done], it
             keep = ~done
-            live, a_l, b_l, Y_l, s_l = live[keep], a_l[keep], b_l[keep], Y_l[keep], s_l[keep]
+            live, a_l, b_l, Y_l, s_l, r_l, c_l = live[keep], a_l[keep], b_l[keep], Y_l[keep], s_l[keep], r_l[keep], c_l[keep]
             Z, ga, gb, res = Z[keep], ga[keep], gb[keep], res[keep]
             if live.numel() == 0:
                 break
@@ -98,7 +100,7 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
         da, db = d[:, :m], d[:, m:]
         # Step t = 1, 1/2, …: accept on Armijo decrease of θ, or — where θ's decrease is
         # below rounding, near the solution — when the residual ‖∇θ‖∞ halves.
-        th0 = _dual_value(Z, a_l, b_l, r, c)
+        th0 = _dual_value(Z, a_l, b_l, r_l, c_l)
         slope = (grad * d).sum(-1)
         g0 = res * s_l
         t = torch.ones(live.numel(), dtype=dt, device=dev)
@@ -107,8 +109,8 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
         for _ in range(30):
             Zt = Z - step * (da[:, :, None] + db[:, None, :])
             Xt = Zt.clamp_min(0)
-            tht = 0.5 * Xt.square().sum((1, 2)) + (a_l + step * da) @ r + (b_l + step * db) @ c
-            gt = torch.maximum((r - Xt.sum(2)).abs().amax(-1), (c - Xt.sum(1)).abs().amax(-1))
+            tht = _dual_value(Zt, a_l + step * da, b_l + step * db, r_l, c_l)
+            gt = torch.maximum((r_l - Xt.sum(2)).abs().amax(-1), (c_l - Xt.sum(1)).abs().amax(-1))
             passed = ~ok & ((tht <= th0 + _ARMIJO * step * slope) | (gt <= 0.5 * g0))
             t = torch.where(passed, torch.full_like(t, step), t)
             ok |= passed
