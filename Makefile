@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench dc3 clean
 
 $(VENV)/.core: pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(VENV)/.core          ## the test suite
 
 bench: $(VENV)/.bench        ## peers side by side; JSON + PNG under benchmarks/results
 	cd benchmarks && ../$(PY) bench_polyhedron.py --out results
+
+dc3: $(VENV)/.core           ## learning to optimize: DC3's simple QP with a per-sample projection layer
+	$(PY) experiments/dc3_simple_qp.py --out runs/dc3
 
 clean:
 	rm -rf $(VENV) runs
