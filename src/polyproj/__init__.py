@@ -6,6 +6,7 @@ Han–Sun (HS) Jacobian.
 >>> y = pp.project(torch.tensor([3.0, 0.0], dtype=torch.float64), P)
 """
 
+from . import optim
 from ._errors import ConvergenceError, ConvergenceWarning, InfeasibleError
 from .nn import Projection
 from .project import ProjectionInfo, hs_jacobian, project
@@ -29,5 +30,6 @@ __all__ = [
     "Simplex",
     "Transportation",
     "hs_jacobian",
+    "optim",
     "project",
 ]

@@ -176,7 +176,11 @@ class TwoTimescaleAdam(torch.optim.Optimizer):
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
-        self._validate(self.param_groups[-1])
+        try:
+            self._validate(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()  # an invalid group never joins the optimizer
+            raise
 
     @torch.no_grad()
     def step(self, closure=None):
