@@ -90,7 +90,7 @@ def full_gradient(net, P, U, T) -> torch.Tensor:
     net.zero_grad()
     loss = 0.5 * (pp.project(net(U), P) - T).square().sum(-1).mean()
     loss.backward()
-    return torch.cat([prm.grad.flatten() for prm in net.parameters()]), float(loss)
+    return torch.cat([prm.grad.flatten() for prm in net.parameters()]), loss.item()
 
 
 def run_one(method: str, mode: str, args, P, U, T, ckpt: Path, position: int = 0) -> dict:
