@@ -5,22 +5,25 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench dc3 clean
+.PHONY: demo portfolio test bench dc3 clean
 
 $(VENV)/.core: pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements/cpu.txt
 	$(PIP) -e ".[test,demo]"
-	touch $@
-
-$(VENV)/.bench: $(VENV)/.core
-	$(PIP) -e ".[test,demo,bench]"
 	# qpth declares numpy<2 but runs with numpy 2; --no-deps keeps the resolver from aborting
 	$(PIP) --no-deps qpth
 	touch $@
 
-demo: $(VENV)/.core          ## short end-to-end demo (train an MLP with a projection layer)
-	$(VENV)/bin/polyproj demo --out runs/demo
+$(VENV)/.bench: $(VENV)/.core
+	$(PIP) -e ".[test,demo,bench]"
+	touch $@
+
+demo: $(VENV)/.core          ## main job: portfolio allocation on S&P 500 data, quick mode (about a minute)
+	$(VENV)/bin/polyproj portfolio --quick --out runs/portfolio-quick
+
+portfolio: $(VENV)/.core     ## the full portfolio table, peers included
+	$(VENV)/bin/polyproj portfolio --peers --out runs/portfolio
 
 test: $(VENV)/.core          ## the test suite
 	$(PY) -m pytest

@@ -1,4 +1,5 @@
-"""``polyproj`` command line: ``polyproj demo`` trains a small network with a projection layer."""
+"""``polyproj`` command line: ``polyproj portfolio`` runs the portfolio experiment (the main
+job), ``polyproj demo`` trains a small network with a projection layer onto a random polyhedron."""
 
 from __future__ import annotations
 
@@ -111,9 +112,30 @@ def _plot_demo(history, path):
     fig.savefig(path, dpi=110)
 
 
+def _experiments_dir() -> Path:
+    """The ``experiments/`` folder of the source checkout this package runs from."""
+    root = Path(__file__).resolve().parents[2] / "experiments"
+    if not (root / "portfolio").is_dir():
+        raise SystemExit("the portfolio experiment lives in the source repository (experiments/portfolio); "
+                         "run polyproj from an editable install of a checkout (pip install -e .)")
+    return root
+
+
+def portfolio(argv) -> int:
+    sys.path.insert(0, str(_experiments_dir()))
+    from portfolio.run import main as run_portfolio
+
+    return run_portfolio(argv)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["portfolio"]:
+        # the experiment owns its arguments (``polyproj portfolio --help``)
+        return portfolio(argv[1:])
     parser = argparse.ArgumentParser(prog="polyproj", description="polyproj command line")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("portfolio", help="end-to-end portfolio allocation on S&P 500 data (see polyproj portfolio --help)")
     d = sub.add_parser("demo", help="train an MLP with a projection layer onto a random polyhedron")
     d.add_argument("--epochs", type=int, default=15)
     d.add_argument("--batch-size", type=int, default=128)
