@@ -101,3 +101,11 @@ def test_cli_quick_run_writes_the_table_and_resumes(tmp_path):
     assert main(args) == 0
     again = json.loads((out / "results.json").read_text())
     assert next(r for r in again["rows"] if r["method"] == "polyproj")["sharpe"] == row["sharpe"]
+
+
+def test_optimizer_choice():
+    from polyproj.optim import TwoTimescaleAdam
+
+    params = [torch.zeros(3, requires_grad=True)]
+    assert isinstance(run.make_optimizer("two-timescale", params), TwoTimescaleAdam)
+    assert isinstance(run.make_optimizer("adam", params), torch.optim.Adam)

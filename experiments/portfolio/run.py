@@ -1,8 +1,9 @@
 r"""Train, evaluate and report the portfolio experiment.
 
 Every method uses the same network (an MLP on the per-stock features of :mod:`.data`, 200 → 64
-→ 20 scores), the same initialisation, optimizer (Adam, lr 1e-3), batch (64 rebalancing dates)
-and number of epochs; only the output layer differs.  Loss: the negative Sharpe ratio of the
+→ 20 scores), the same initialisation, optimizer (``--optimizer``: Adam with lr 1e-3 by default,
+or the two-timescale Adam of :mod:`polyproj.optim`), batch (64 rebalancing dates) and number of
+epochs; only the output layer differs.  Loss: the negative Sharpe ratio of the
 batch's next-week portfolio returns, ``−mean(r)/std(r)`` with ``r = Σ_i w_i R_i``.
 
 For mandate 4 the previous weights enter the constraint.  During training, where dates are
@@ -89,8 +90,19 @@ class Method:
             return self.m3(self.model(X_prev))
 
 
+def make_optimizer(kind: str, params):
+    """``adam``: ``torch.optim.Adam(lr=1e-3)``; ``two-timescale``: :class:`polyproj.optim.TwoTimescaleAdam`
+    with diminishing schedules starting from the same step (inside its convergence theorem)."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=1e-3)
+    from polyproj.optim import PowerDecay, TwoTimescaleAdam
+
+    return TwoTimescaleAdam(params, lr=PowerDecay(1e-3, 0.75, warmup=100), momentum_rate=PowerDecay(0.1, 0.5, warmup=100),
+                            second_moment_rate=PowerDecay(0.1, 0.5, warmup=100))
+
+
 def train(method: Method, ds: data.Dataset, idx: np.ndarray, args, ckpt: Path) -> dict:
-    opt = torch.optim.Adam(method.model.parameters(), lr=1e-3)
+    opt = make_optimizer(args.optimizer, method.model.parameters())
     state = {"epoch": 0, "epoch_times": [], "losses": []}
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
@@ -196,7 +208,7 @@ def run(args) -> dict:
             except ImportError as err:
                 rows.append({"mandate": mandate.name, "method": label, "skipped": f"not installed: {err.name}"})
                 continue
-            tag = f"m{level}_{label}".replace(" ", "_").replace("+", "plus")
+            tag = f"m{level}_{label}_{args.optimizer}".replace(" ", "_").replace("+", "plus")
             state = train(method, ds, train_idx, args, out / "checkpoints" / f"{tag}.pt")
             W, t_inf = evaluate_trained(method, ds, test_idx)
             rows.append({"mandate": mandate.name, "method": label, **metrics(W, ds.targets[test_idx], mandate),
@@ -280,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", action="store_true", help="also train LinSATNet, cvxpylayers and qpth (pip install '.[bench]')")
     p.add_argument("--epochs", type=int, default=None, help="epochs per method (default 10, quick 3)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--optimizer", choices=("adam", "two-timescale"), default="adam",
+                   help="torch Adam (lr 1e-3) or polyproj.optim.TwoTimescaleAdam, for every method")
     p.add_argument("--mandates", default="1,2,3,4", help="comma-separated mandate levels")
     p.add_argument("--seed", type=int, default=0)
     return p
