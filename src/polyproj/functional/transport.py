@@ -103,21 +103,27 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
         th0 = _dual_value(Z, a_l, b_l, r_l, c_l)
         slope = (grad * d).sum(-1)
         g0 = res * s_l
-        t = torch.ones(live.numel(), dtype=dt, device=dev)
-        ok = torch.zeros(live.numel(), dtype=torch.bool, device=dev)
+        # Only the samples still searching are evaluated at each trial step: most accept t = 1
+        # at once, and re-evaluating the whole batch for a few stragglers dominated the cost.
+        t = torch.full((live.numel(),), 2.0 ** -29, dtype=dt, device=dev)  # the last trial, if none passes
+        pending = torch.arange(live.numel(), device=dev)
+        Zp, dap, dbp, ap, bp, rp, cp = Z, da, db, a_l, b_l, r_l, c_l
+        th0p, slp, g0p = th0, slope, g0
         step = 1.0
         for _ in range(30):
-            Zt = Z - step * (da[:, :, None] + db[:, None, :])
+            Zt = Zp - step * (dap[:, :, None] + dbp[:, None, :])
             Xt = Zt.clamp_min(0)
-            tht = _dual_value(Zt, a_l + step * da, b_l + step * db, r_l, c_l)
-            gt = torch.maximum((r_l - Xt.sum(2)).abs().amax(-1), (c_l - Xt.sum(1)).abs().amax(-1))
-            passed = ~ok & ((tht <= th0 + _ARMIJO * step * slope) | (gt <= 0.5 * g0))
-            t = torch.where(passed, torch.full_like(t, step), t)
-            ok |= passed
-            if bool(ok.all()):
+            tht = _dual_value(Zt, ap + step * dap, bp + step * dbp, rp, cp)
+            gt = torch.maximum((rp - Xt.sum(2)).abs().amax(-1), (cp - Xt.sum(1)).abs().amax(-1))
+            passed = (tht <= th0p + _ARMIJO * step * slp) | (gt <= 0.5 * g0p)
+            t[pending[passed]] = step
+            if bool(passed.all()):
                 break
+            keep = ~passed
+            pending = pending[keep]
+            Zp, dap, dbp, ap, bp, rp, cp = Zp[keep], dap[keep], dbp[keep], ap[keep], bp[keep], rp[keep], cp[keep]
+            th0p, slp, g0p = th0p[keep], slp[keep], g0p[keep]
             step *= 0.5
-        t = torch.where(ok, t, torch.full_like(t, step))
         a_l = a_l + t[:, None] * da
         b_l = b_l + t[:, None] * db
     X = (Y - alpha[:, :, None] - beta[:, None, :]).clamp_min(0)
