@@ -15,13 +15,13 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | None = None,
-              min_ndim: int | None = None, keep_grad: bool = False) -> torch.Tensor:
+              min_ndim: int | None = None, keep_grad: bool = False, allow_inf: bool = False) -> torch.Tensor:
     """Convert ``value`` (tensor, numpy array, scipy.sparse matrix, sequence or scalar) to a
     float64 tensor, checking its number of dimensions and that every entry is finite.
 
     The result never aliases the caller's memory.  With ``keep_grad`` a tensor that requires
     grad stays attached to its autograd graph (a differentiable copy), so gradients can flow
-    back to it."""
+    back to it.  With ``allow_inf`` entries may be ±inf (bounds with a missing side), never NaN."""
     if value is None:
         raise ValueError(f"{name} must be given, got None")
     if hasattr(value, "toarray") and not isinstance(value, (torch.Tensor, np.ndarray)):
@@ -48,7 +48,11 @@ def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | No
             )
     if min_ndim is not None and tensor.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(tensor.shape)}")
-    check_finite(tensor.detach(), name)
+    if allow_inf:
+        if bool(torch.isnan(tensor.detach()).any()):
+            raise ValueError(f"{name} must not contain NaN")
+    else:
+        check_finite(tensor.detach(), name)
     return tensor
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ._autograd import ProjectFunction
 from ._errors import ConvergenceError, ConvergenceWarning
-from ._validation import broadcast_batch, check_choice, check_input, check_positive_int, check_tolerance
+from ._validation import check_choice, check_positive_int, check_tolerance
 from .sets import ConvexSet
 
 __all__ = ["ProjectionInfo", "project", "hs_jacobian"]
@@ -43,20 +43,14 @@ class ProjectionInfo:
 def _run(x, pset, tol, max_iter, on_failure):
     if not isinstance(pset, ConvexSet):
         raise ValueError(f"P must be a polyproj constraint set (e.g. polyproj.Polyhedron), got {type(pset).__name__}")
-    x = check_input(x, "x", pset.event_shape, pset.device)
+    flat, batch, bound = pset._flat_points(x, "x")
     tol = check_tolerance(tol, x.dtype)
     max_iter = check_positive_int(max_iter, "max_iter")
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
-    k = len(pset.event_shape)
-    event = x.shape[x.ndim - k:]
-    if hasattr(pset, "_validate_event"):
-        pset._validate_event(event)
-    batch = broadcast_batch(x.shape[: x.ndim - k], pset.batch_shape)
+    event = flat.shape[1:]
     # Threshold-type sets are exact in any precision and run in the input's dtype; the
     # others solve in float64 whatever the input dtype.
-    work = x.dtype if getattr(pset, "native_dtype", False) else torch.float64
-    flat = x.expand(*batch, *event).reshape(-1, *event).to(work)
-    bound = pset._bind(batch)
+    flat = flat.to(x.dtype if getattr(pset, "native_dtype", False) else torch.float64)
     y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, bound, tol, max_iter, *bound._grad_inputs())
     info = ProjectionInfo(
         active=active.reshape(*batch, *active.shape[1:]),

@@ -34,6 +34,22 @@ from .functional.polyhedron import PolyhedronData, solve_polyhedron
 __all__ = ["ConvexSet", "Polyhedron", "SetSolution"]
 
 
+def flat_batch(t, batch, event_ndim: int):
+    """``t`` (batch dims + ``event_ndim`` event dims) broadcast to ``batch`` and flattened to
+    ``(prod(batch), *event)``; a tensor without batch dims (shared data) or a Python scalar is
+    returned as it is."""
+    if not isinstance(t, torch.Tensor) or t.ndim == event_ndim:
+        return t
+    event = t.shape[t.ndim - event_ndim:]
+    return t.expand(*batch, *event).reshape(-1, *event)
+
+
+def sum_to(grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A per-sample gradient (N, ...) reduced to the shape of the parameter it belongs to:
+    summed over the batch when the parameter is shared."""
+    return grad if grad.ndim == t.ndim else grad.sum(0)
+
+
 @dataclass
 class SetSolution:
     """What a set's forward solver returns (flat batch, float64)."""
@@ -82,15 +98,16 @@ class ConvexSet:
         raise NotImplementedError
 
     def _flat_points(self, y: torch.Tensor, name: str):
-        """Validate points ``(..., *event_shape)`` and flatten them against the set's batch shape:
-        returns ``(flat float64 detached points, batch shape, bound set)``."""
+        """Validate points ``(..., *event_shape)`` and flatten them against the set's batch shape
+        (differentiably, in their own dtype): returns ``(flat points (N, *event), batch shape,
+        bound set)``."""
         y = check_input(y, name, self.event_shape, self.device)
         k = len(self.event_shape)
         event = y.shape[y.ndim - k:]
         if hasattr(self, "_validate_event"):
             self._validate_event(event)
         batch = broadcast_batch(y.shape[: y.ndim - k], self.batch_shape, name)
-        flat = y.detach().expand(*batch, *event).reshape(-1, *event).to(torch.float64)
+        flat = y.expand(*batch, *event).reshape(-1, *event)
         return flat, batch, self._bind(batch)
 
     def violation(self, y: torch.Tensor) -> torch.Tensor:
@@ -99,12 +116,14 @@ class ConvexSet:
         hyperplane (rows normalised), for the structured sets the largest violated bound or
         marginal."""
         flat, batch, bound = self._flat_points(y, "y")
+        flat = flat.detach().to(torch.float64)
         return bound._violation(flat).reshape(batch) if flat.shape[0] else flat.new_zeros(batch)
 
     def contains(self, y: torch.Tensor, *, tol: float = 1e-9) -> torch.Tensor:
         """Whether each point of ``y`` (..., *event_shape) lies in the set, up to a violation of
         ``tol · max(1, ‖y‖∞)`` on the normalised constraints.  Returns a bool tensor (...)."""
         flat, batch, bound = self._flat_points(y, "y")
+        flat = flat.detach().to(torch.float64)
         if not flat.shape[0]:
             return torch.ones(batch, dtype=torch.bool, device=flat.device)
         scale = flat.flatten(1).abs().amax(-1).clamp_min(1.0)
@@ -249,19 +268,12 @@ class Polyhedron(ConvexSet):
         return new
 
     def _bind(self, batch: torch.Size) -> "_BoundPolyhedron":
-        N = math.prod(batch)
-
-        def flat(t, event_ndim):
-            if t.ndim == event_ndim:
-                return t  # shared by the whole batch
-            event = t.shape[t.ndim - event_ndim:]
-            return t.expand(*batch, *event).reshape(N, *event)
-
         D = self._data
-        data = PolyhedronData(flat(D.C, 2), flat(D.c, 1), D.m, flat(D.G, 2), D.eq)
-        params = {name: flat(t, nd) for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1))
+        data = PolyhedronData(flat_batch(D.C, batch, 2), flat_batch(D.c, batch, 1), D.m, flat_batch(D.G, batch, 2), D.eq)
+        params = {name: flat_batch(t, batch, nd)
+                  for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1))
                   if t.requires_grad}
-        return _BoundPolyhedron(data, flat(self._scale, 1), params, N, self.n, batch)
+        return _BoundPolyhedron(data, flat_batch(self._scale, batch, 1), params, math.prod(batch), self.n, batch)
 
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
@@ -302,8 +314,7 @@ class _BoundPolyhedron(ConvexSet):
         for name, t in self.params.items():
             rows = slice(0, m) if name in ("A", "a") else slice(m, None)
             if name in ("a", "b"):
-                grad = w[:, rows]
-                grads.append(grad if t.ndim == 2 else grad.sum(0))
+                grads.append(sum_to(w[:, rows], t))
             elif t.ndim == 3:
                 grads.append(-(nu[:, rows, None] * gx[:, None, :] + w[:, rows, None] * y[:, None, :]))
             else:

@@ -15,7 +15,7 @@ from . import _jacobian
 from ._errors import InfeasibleError
 from ._validation import as_tensor, check_finite
 from .functional import simple_sets
-from .sets import ConvexSet, Polyhedron, SetSolution
+from .sets import ConvexSet, Polyhedron, SetSolution, flat_batch, sum_to
 
 __all__ = ["Box", "HalfSpace", "Simplex", "CappedSimplex", "Transportation", "Birkhoff"]
 
@@ -41,16 +41,9 @@ def _bounds(lower, upper, what):
 
 
 def _as_bound(value, name, device):
-    if isinstance(value, torch.Tensor):
-        t = (value if value.requires_grad else value.detach()).to(device=device, dtype=torch.float64, copy=True)
-    else:
-        import numpy as np
-
-        t = torch.as_tensor(np.array(value, dtype=np.float64), device=device)
+    t = as_tensor(value, name, device=device, keep_grad=True, allow_inf=True)
     if t.ndim < 1 or t.shape[-1] < 1:
         raise ValueError(f"{name} must be an array of shape (..., n) with n >= 1, got shape {tuple(t.shape)}")
-    if bool(torch.isnan(t).any()):
-        raise ValueError(f"{name} must not contain NaN")
     return t
 
 
@@ -80,17 +73,15 @@ def _scalar_or_batch(value, name, device):
     return _scalar(value, name)
 
 
-def _flat(t, batch, event_ndim):
-    """``t`` (batch dims + event dims) broadcast to ``batch`` and flattened to (N, *event)."""
-    if not isinstance(t, torch.Tensor) or t.ndim == event_ndim:
-        return t
-    event = t.shape[t.ndim - event_ndim:]
-    return t.expand(*batch, *event).reshape(-1, *event)
-
-
-def _sum_to(grad, t):
-    """Reduce a per-sample gradient (N, ...) to the shape of the parameter it belongs to."""
-    return grad if grad.ndim == t.ndim else grad.sum(0)
+def _raise_empty_where(bad: torch.Tensor, batched: bool, message):
+    """Raise :class:`InfeasibleError` if any entry of ``bad`` (over the set's batch shape) is
+    True; ``message(i)`` describes the first empty sample ``i``; per-sample sets name the batch
+    indices."""
+    if not bool(bad.any()):
+        return
+    idx = [tuple(i) for i in bad.nonzero().tolist()]
+    where = f" at batch indices {', '.join(map(str, idx[:10]))}" if batched else ""
+    raise InfeasibleError(message(idx[0], where), indices=idx if batched else None)
 
 
 class _ParamSet(ConvexSet):
@@ -117,7 +108,7 @@ class _ParamSet(ConvexSet):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         for k, t in params.items():
-            setattr(new, k, _flat(t, batch, self._param_event_ndim[k]) if self.batch_shape else t)
+            setattr(new, k, flat_batch(t, batch, self._param_event_ndim[k]) if self.batch_shape else t)
         new.batch_shape = ()
         new._grad_names = grads
         return new
@@ -175,7 +166,7 @@ class _VectorSet(_ParamSet):
         out = {}
         for k, mask in (("upper", at_upper), ("lower", at_lower)):
             if k in self._grad_names:
-                out[k] = _sum_to(gf * mask, getattr(self, k))
+                out[k] = sum_to(gf * mask, getattr(self, k))
         return out
 
 
@@ -362,18 +353,15 @@ class CappedSimplex(_VectorSet):
         self._device = self.lower.device
         self.event_shape = (self.lower.shape[-1],)
         self.batch_shape = self._batch_of_params("lower, upper and total")
-        lo, hi = self.lower.detach().sum(-1), self.upper.detach().sum(-1)
-        tot = self.total.detach() if isinstance(self.total, torch.Tensor) else torch.tensor(self.total, dtype=torch.float64)
-        lo, hi, tot = torch.broadcast_tensors(lo, hi, tot.to(lo.device))
-        bad = ~((lo <= tot) & (tot <= hi))
-        if bool(bad.any()):
-            idx = [tuple(i) for i in bad.nonzero().tolist()]
-            i = idx[0]
-            where = f" at batch indices {', '.join(map(str, idx[:10]))}" if self.batch_shape else ""
-            raise InfeasibleError(
-                f"the capped simplex is empty{where}: total = {float(tot[i])} is outside "
-                f"[sum(lower), sum(upper)] = [{float(lo[i])}, {float(hi[i])}]",
-                indices=idx if self.batch_shape else None)
+        lo, hi, tot = torch.broadcast_tensors(self.lower.detach().sum(-1), self.upper.detach().sum(-1), self._total_tensor())
+        _raise_empty_where(~((lo <= tot) & (tot <= hi)), bool(self.batch_shape), lambda i, where: (
+            f"the capped simplex is empty{where}: total = {float(tot[i])} is outside "
+            f"[sum(lower), sum(upper)] = [{float(lo[i])}, {float(hi[i])}]"))
+
+    def _total_tensor(self) -> torch.Tensor:
+        """``total`` as a detached float64 tensor on the set's device."""
+        tot = self.total.detach() if isinstance(self.total, torch.Tensor) else torch.tensor(self.total)
+        return tot.to(self.device, torch.float64)
 
     def to(self, device):
         return self._moved(device, lower=self.lower, upper=self.upper, total=self.total)
@@ -396,24 +384,23 @@ class CappedSimplex(_VectorSet):
         mean = (f * g).sum(-1, keepdim=True) / f.sum(-1, keepdim=True).clamp_min(1)
         grads = self._bound_grads(active, g - mean)
         if "total" in self._grad_names:
-            grads["total"] = _sum_to(mean.squeeze(-1), self.total)
-        return _jacobian.face_product(self._free(active), g), tuple(grads[k] for k in self._grad_names)
+            grads["total"] = sum_to(mean.squeeze(-1), self.total)
+        # f ⊙ (g − mean) is _jacobian.face_product, with the mean it computes already at hand
+        return f * (g - mean), tuple(grads[k] for k in self._grad_names)
 
     def _jacobian(self, state):
         return _jacobian.face_jacobian(self._free(state[0]))
 
     def _violation(self, y):
-        tot = self._total(y.dtype)
-        gap = (y.sum(-1, keepdim=True) - tot).abs().squeeze(-1) if isinstance(tot, torch.Tensor) else (y.sum(-1) - tot).abs()
+        gap = (y.sum(-1, keepdim=True) - self._total(y.dtype)).abs().squeeze(-1)
         return torch.maximum(self._box_violation(y), gap / y.shape[-1] ** 0.5)
 
     def as_polyhedron(self) -> Polyhedron:
         n = self.event_shape[0]
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
-        tot = self.total.detach() if isinstance(self.total, torch.Tensor) else torch.tensor(self.total, dtype=torch.float64)
         return Polyhedron(A=torch.cat([eye, -eye]), a=torch.cat([self.upper.detach(), -self.lower.detach()], -1),
                           B=torch.ones(1, n, dtype=torch.float64, device=self.device),
-                          b=tot.to(self.device, torch.float64).unsqueeze(-1))
+                          b=self._total_tensor().unsqueeze(-1))
 
     def __repr__(self):
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
@@ -455,13 +442,10 @@ class Transportation(_ParamSet):
                 i = tuple(neg[0].tolist())
                 raise InfeasibleError(f"the transportation polytope is empty{where(i)}: {name}[{i[-1]}] = {float(v[i])} < 0")
         sr, sc = torch.broadcast_tensors(self.row_sums.detach().sum(-1), self.col_sums.detach().sum(-1))
-        bad = (sr - sc).abs() > 1e-12 * torch.maximum(sr.abs(), sc.abs()).clamp_min(1.0)
-        if bool(bad.any()):
-            idx = [tuple(i) for i in bad.nonzero().tolist()]
-            i = idx[0]
-            at = f" at batch indices {', '.join(map(str, idx[:10]))}" if self.batch_shape else ""
-            raise InfeasibleError(f"the transportation polytope is empty{at}: sum(row_sums) = {float(sr[i])} "
-                                  f"!= sum(col_sums) = {float(sc[i])}", indices=idx if self.batch_shape else None)
+        _raise_empty_where((sr - sc).abs() > 1e-12 * torch.maximum(sr.abs(), sc.abs()).clamp_min(1.0),
+                           bool(self.batch_shape), lambda i, where: (
+                               f"the transportation polytope is empty{where}: sum(row_sums) = {float(sr[i])} "
+                               f"!= sum(col_sums) = {float(sc[i])}"))
         self._device = self.row_sums.device
         self.event_shape = (self.row_sums.shape[-1], self.col_sums.shape[-1])
 
@@ -493,7 +477,7 @@ class Transportation(_ParamSet):
     def _vjp_with_inputs(self, state, g):
         JG, alpha, beta = _jacobian.transport_product(state[0], g)
         grads = {"row_sums": alpha, "col_sums": beta}
-        return JG, tuple(_sum_to(grads[k], getattr(self, k)) for k in self._grad_names)
+        return JG, tuple(sum_to(grads[k], getattr(self, k)) for k in self._grad_names)
 
     def _jacobian(self, state):
         return _jacobian.transport_jacobian(state[0])

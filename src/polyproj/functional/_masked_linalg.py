@@ -35,6 +35,13 @@ def _gather_gram(G: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return G.flatten(1).gather(1, flat.flatten(1)).view_as(flat).to(G.dtype)
 
 
+def _selected_first(mask: torch.Tensor, k: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the indices of the selected rows first (stable), then padding rows, cut to
+    ``k``; and the (N, k) 0/1 weights (1 on selected rows, 0 on padding)."""
+    idx = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :k]
+    return idx, mask.gather(1, idx).to(dtype)
+
+
 class MaskedCholesky:
     """Factorisation of ``W G W + δ I`` for each row of the (N, K) bool mask ``mask``
     (``δ`` a float or one value per sample).
@@ -55,15 +62,13 @@ class MaskedCholesky:
             H.diagonal(dim1=-2, dim2=-1).add_(delta.unsqueeze(-1) if isinstance(delta, torch.Tensor) else delta)
             self.L = self._factor(H)
             return
-        # selected rows first (stable), then padding rows that stay pinned by the identity
-        order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :k]
-        self.idx = order
-        self.w = mask.gather(1, order).to(G.dtype)  # (N, k) 1 on selected, 0 on padding
+        # selected rows first, then padding rows that stay pinned by the identity
+        self.idx, self.w = _selected_first(mask, k, G.dtype)
         self.L = torch.empty(N, k, k, dtype=G.dtype, device=G.device)
         step = max(1, _CHUNK_ENTRIES // max(1, k * k))
         for start in range(0, N, step):
             sl = slice(start, min(N, start + step))
-            ii = order[sl]
+            ii = self.idx[sl]
             w = self.w[sl]
             H = _gather_gram(G if G.ndim == 2 else G[sl], ii) * (w.unsqueeze(-1) * w.unsqueeze(-2))
             H.diagonal(dim1=-2, dim2=-1).add_(delta[sl].unsqueeze(-1) if isinstance(delta, torch.Tensor) else delta)
@@ -170,8 +175,7 @@ def pinv_solve(G: torch.Tensor, mask: torch.Tensor, r: torch.Tensor, *, rcond: f
     if N == 0 or K == 0 or not bool(mask.any()):
         return torch.zeros_like(r)
     k = int(mask.sum(-1).max())
-    idx = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :k]
-    w = mask.gather(1, idx).to(G.dtype)
+    idx, w = _selected_first(mask, k, G.dtype)
     H = _gather_gram(G, idx) * (w.unsqueeze(-1) * w.unsqueeze(-2))
     e, Q = torch.linalg.eigh(H)
     keep = e > rcond * e.amax(-1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
