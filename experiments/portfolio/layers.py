@@ -81,18 +81,13 @@ def qpth_layer(mandate: Mandate):
     if mandate.level < 4:
         Q, G, h, B, b = f64(np.eye(n)), f64(mandate.A), f64(mandate.a), f64(mandate.B), f64(mandate.b)
         return lambda z, w_prev=None: QPFunction(verbose=-1)(Q, -z, G, h, B, b)
-    I, Z = np.eye(n), np.zeros((mandate.A.shape[0], n))
-    G = f64(np.vstack([np.hstack([mandate.A, Z]), np.hstack([I, -I]), np.hstack([-I, -I]),
-                       np.hstack([np.zeros((1, n)), np.ones((1, n))])]))
     Q = f64(np.eye(2 * n))
-    B = f64(np.hstack([mandate.B, np.zeros((1, n))]))
 
     def lifted(z, w_prev):
         # the same lifted projection as polyproj's: (z, |z − w_prev|) onto {(w, s)}
-        N = z.shape[0]
-        h = torch.cat([f64(mandate.a).expand(N, -1), w_prev, -w_prev, torch.full((N, 1), TURNOVER, dtype=torch.float64)], 1)
+        G, h, B, b = mandate.lifted_data(w_prev)
         p = -torch.cat([z, (z - w_prev).abs()], 1)
-        return QPFunction(verbose=-1)(Q, p, G, h, B, f64(mandate.b))[:, :n]
+        return QPFunction(verbose=-1)(Q, p, G, h, B, b)[:, :n]
 
     return lifted
 

@@ -66,18 +66,24 @@ class Mandate:
             return pp.CappedSimplex(torch.zeros(self.n, dtype=torch.float64), torch.full((self.n,), CAP, dtype=torch.float64), 1.0)
         return pp.Polyhedron(A=self.A, a=self.a, B=self.B, b=self.b)
 
-    def lifted(self, w_prev: torch.Tensor) -> pp.Polyhedron:
-        """Mandate 4 in ``(w, s)``: the mandate-3 rows on ``w``, ``±(w − w_prev) ≤ s``,
-        ``1ᵀs ≤ τ``; one polyhedron per row of ``w_prev`` (batch, n)."""
-        n = self.n
+    def lifted_data(self, w_prev: torch.Tensor):
+        """Mandate 4 in ``(w, s)`` as ``A (w, s) ≤ a, B (w, s) = b``: the mandate-3 rows on
+        ``w``, ``±(w − w_prev) ≤ s``, ``1ᵀs ≤ τ``; ``a`` has one row per row of ``w_prev``
+        (batch, n).  Returns float64 tensors ``(A, a, B, b)``."""
+        n, N = self.n, w_prev.shape[0]
         I, Z = np.eye(n), np.zeros((self.A.shape[0], n))
         A = np.vstack([np.hstack([self.A, Z]), np.hstack([I, -I]), np.hstack([-I, -I]),
                        np.hstack([np.zeros((1, n)), np.ones((1, n))])])
-        A_t = torch.tensor(A, dtype=torch.float64)
-        a_fixed = torch.tensor(self.a, dtype=torch.float64).expand(w_prev.shape[0], -1)
-        a = torch.cat([a_fixed, w_prev, -w_prev, torch.full((w_prev.shape[0], 1), TURNOVER, dtype=torch.float64)], 1)
-        B = torch.tensor(np.hstack([self.B, np.zeros((1, n))]), dtype=torch.float64)
-        return pp.Polyhedron(A=A_t, a=a, B=B, b=torch.ones(1, dtype=torch.float64), check_feasibility=False)
+        a_fixed = torch.tensor(self.a, dtype=torch.float64).expand(N, -1)
+        a = torch.cat([a_fixed, w_prev, -w_prev, torch.full((N, 1), TURNOVER, dtype=torch.float64)], 1)
+        B = np.hstack([self.B, np.zeros((1, n))])
+        f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+        return f64(A), a, f64(B), f64(self.b)
+
+    def lifted(self, w_prev: torch.Tensor) -> pp.Polyhedron:
+        """Mandate 4 as one polyproj polyhedron in ``(w, s)`` per row of ``w_prev``."""
+        A, a, B, b = self.lifted_data(w_prev)
+        return pp.Polyhedron(A=A, a=a, B=B, b=b, check_feasibility=False)
 
     def violation(self, w: np.ndarray, w_prev: np.ndarray | None = None) -> np.ndarray:
         """Largest absolute violation of the mandate per row of ``w`` (raw units of weight)."""
