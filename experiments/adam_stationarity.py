@@ -110,16 +110,20 @@ def run_one(method: str, mode: str, args, P, U, T, ckpt: Path, position: int = 0
     g = torch.Generator()
     wrong = method.endswith("identity backward")
     bar = tqdm(range(state["step"], args.steps), desc=f"{method} [{mode}]", leave=False, position=position)
+    # full-batch runs with the true backward measure the gradient they step with
+    reuse = mode == "full-batch" and not wrong
+
+    def record(k, grad, loss):
+        state["grads"].append(grad)
+        window = torch.stack(state["grads"][-args.window:]).mean(0)
+        state["history"].append({"step": k, "loss": loss, "grad_norm": float(grad.norm()),
+                                 "averaged_grad_norm": float(window.norm())})
+        bar.set_postfix(loss=f"{loss:.4f}", avg_grad=f"{float(window.norm()):.1e}")
+
     for k in bar:
-        # full-batch runs with the true backward measure the gradient they step with
-        reuse = mode == "full-batch" and not wrong
-        if k % args.eval_every == 0 and not reuse:
-            grad, loss = full_gradient(net, P, U, T)
-            state["grads"].append(grad)
-            window = torch.stack(state["grads"][-args.window:]).mean(0)
-            state["history"].append({"step": k, "loss": loss, "grad_norm": float(grad.norm()),
-                                     "averaged_grad_norm": float(window.norm())})
-            bar.set_postfix(loss=f"{loss:.4f}", avg_grad=f"{float(window.norm()):.1e}")
+        measure = k % args.eval_every == 0
+        if measure and not reuse:
+            record(k, *full_gradient(net, P, U, T))
         if mode == "full-batch":
             idx = slice(None)
         else:
@@ -130,13 +134,8 @@ def run_one(method: str, mode: str, args, P, U, T, ckpt: Path, position: int = 0
         loss = 0.5 * (y - T[idx]).square().sum(-1).mean()
         opt.zero_grad()
         loss.backward()
-        if k % args.eval_every == 0 and reuse:
-            grad = torch.cat([prm.grad.flatten() for prm in net.parameters()])
-            state["grads"].append(grad.clone())
-            window = torch.stack(state["grads"][-args.window:]).mean(0)
-            state["history"].append({"step": k, "loss": loss.item(), "grad_norm": float(grad.norm()),
-                                     "averaged_grad_norm": float(window.norm())})
-            bar.set_postfix(loss=f"{loss.item():.4f}", avg_grad=f"{float(window.norm()):.1e}")
+        if measure and reuse:
+            record(k, torch.cat([prm.grad.flatten() for prm in net.parameters()]), loss.item())
         opt.step()
         state["step"] = k + 1
         if (k + 1) % 250 == 0 or k + 1 == args.steps:
