@@ -55,7 +55,7 @@ __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
 # ALM penalty for unit-norm rows (dimensionless); raised ×10 for a sample whose primal
 # residual falls by less than 4× in a round, up to _RHO_MAX (the penalty argument carries
 # rounding ρ·eps·‖y‖, so it stays well below 1/eps).
-_RHO, _RHO_GROWTH, _RHO_MAX = 1e3, 10.0, 1e7
+_RHO, _RHO_GROWTH, _RHO_MAX = 1e3, 10.0, 1e10
 _POLISH_TAU = 1e-9  # rows with relative slack below this join the polishing set
 _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the backward
 
@@ -244,13 +244,21 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
     return y, steps
 
 
-def polish(data: PolyhedronData, x, zx, y, nu, sx):
-    """Active-set polishing (module docstring, step 2).
+def polishing_set(data: PolyhedronData, y, nu, sx, *, use_multipliers: bool = True):
+    """Rows fixed to equality by the polishing step: every equality row, the inequality rows
+    with relative slack ≤ τ, and (``use_multipliers``) those with a positive multiplier."""
+    near = data.c - data.rows(y) <= _POLISH_TAU * _scale(sx, y)[:, None]
+    return data.eq | near | (nu > 0) if use_multipliers else data.eq | near
+
+
+def polish(data: PolyhedronData, x, zx, y, nu, sx, chosen=None):
+    """Active-set polishing (module docstring, step 2) on the rows ``chosen`` (default
+    :func:`polishing_set`).
 
     ``zx = C x``.  Returns the polished point, its certifying multiplier (its own minimum-norm
     one, or ``nu`` where that is better) and its relative KKT residual."""
-    s = _scale(sx, y)
-    chosen = data.eq | (nu > 0) | (data.c - data.rows(y) <= _POLISH_TAU * s[:, None])
+    if chosen is None:
+        chosen = polishing_set(data, y, nu, sx)
     rhs = (zx - data.c) * chosen
     nu_p, _ = solve_consistent(data.G, chosen, rhs)
     y_p = x - data.combine(nu_p)
@@ -272,7 +280,17 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx):
         better = own_i < own[i]
         j = i[better]
         nu_p[j], y_p[j], z_p[j], own[j] = nu_i[better], y_i[better], z_i[better], own_i[better]
+    # Dependent rows with large multipliers: the minimum-norm multiplier can be far from the
+    # nonnegative ones, and the ALM multiplier carries the penalty's rounding.  The exact
+    # multiplier nearest to the ALM one, ν_Ĩ + (M Mᵀ)⁺ M (x − y_p − Mᵀν_Ĩ), keeps the ALM's
+    # signs and the polished point's stationarity.
+    nu_w = nu * chosen
+    fix, _ = solve_consistent(data.G, chosen, (zx - z_p - data.rows(data.combine(nu_w))) * chosen)
+    nu_a = nu_w + fix
+    anchored = kkt_residual(data, x, y_p, nu_a, z_p)
     alm = kkt_residual(data, x, y_p, nu, z_p)
+    use_a = anchored < alm
+    nu, alm = torch.where(use_a[:, None], nu_a, nu), torch.where(use_a, anchored, alm)
     use_own = own <= alm
     kkt_p = torch.where(use_own, own, alm) / _scale(sx, y_p)
     return y_p, torch.where(use_own[:, None], nu_p, nu), kkt_p.nan_to_num(float("inf"))
@@ -314,11 +332,29 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
             yp, np_, kp = polish(ds, xs, zs, ys, ns, ss)
+            # A row can keep a positive ALM multiplier long after the point has left it when
+            # the active rows are nearly dependent (the proximal-point contraction along
+            # those directions is 1/(1 + ρσ²) per round); the primal guess alone then names
+            # the face.
+            retry = (kp > tol).nonzero().flatten()
+            if retry.numel():
+                dr = ds.take(retry)
+                alt = polishing_set(dr, ys[retry], ns[retry], ss[retry], use_multipliers=False)
+                ya, na, ka = polish(dr, xs[retry], zs[retry], ys[retry], ns[retry], ss[retry], alt)
+                won = ka < kp[retry]
+                j = retry[won]
+                yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
+            # The ALM pair itself: its stationarity is the inner Newton residual, so once the
+            # penalty has closed the primal gap it can certify where an ill-conditioned face
+            # solve cannot.
+            ka = kkt_residual(ds, xs, ys, ns, ds.c + r) / _scale(ss, ys)
+            won = ka < kp
+            yp, np_, kp = torch.where(won[:, None], ys, yp), torch.where(won[:, None], ns, np_), torch.where(won, ka, kp)
             better = kp < kkt[live]
             y_best[live] = torch.where(better[:, None], yp, y_best[live])
             nu_best[live] = torch.where(better[:, None], np_, nu_best[live])
             kkt[live] = torch.minimum(kp, kkt[live])
-            y[live], nu[live] = yp, ns  # the ALM continues from ν_{k+1}; y is only a warm start
+            y[live], nu[live] = ys, ns  # the ALM continues from (y_{k+1}, ν_{k+1})
             # penalty update: ×10 where the ALM primal residual fell by less than 4×
             viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1) if data.K else r.new_zeros(r.shape[0])
             slow = viol > 0.25 * viol_prev[live]
