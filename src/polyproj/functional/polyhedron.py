@@ -251,12 +251,14 @@ def polishing_set(data: PolyhedronData, y, nu, sx, *, use_multipliers: bool = Tr
     return data.eq | near | (nu > 0) if use_multipliers else data.eq | near
 
 
-def polish(data: PolyhedronData, x, zx, y, nu, sx, chosen=None):
+def polish(data: PolyhedronData, x, zx, y, nu, sx, tol, chosen=None):
     """Active-set polishing (module docstring, step 2) on the rows ``chosen`` (default
     :func:`polishing_set`).
 
-    ``zx = C x``.  Returns the polished point, its certifying multiplier (its own minimum-norm
-    one, or ``nu`` where that is better) and its relative KKT residual."""
+    ``zx = C x``.  The polished point is certified by the best of three multipliers: its own
+    minimum-norm one, the ALM's ``nu``, and the exact multiplier nearest to ``nu``
+    (:func:`_anchored_multiplier`); the last two are only formed for samples the first leaves
+    above ``tol``.  Returns the point, its certifying multiplier and its relative KKT residual."""
     if chosen is None:
         chosen = polishing_set(data, y, nu, sx)
     rhs = (zx - data.c) * chosen
@@ -264,12 +266,13 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx, chosen=None):
     y_p = x - data.combine(nu_p)
     z_p = data.rows(y_p)
     own = kkt_residual(data, x, y_p, nu_p, z_p)
+    s_p = _scale(sx, y_p)
     # Dependent rows: rounding noise in the null space of the active Gram matrix can make a
     # zero multiplier slightly negative.  Recompute those samples' multipliers by a
     # thresholded pseudo-inverse (exact minimum-norm, no null-space noise).
     r_p = z_p - data.c
-    primal_ok = torch.where(data.eq, r_p.abs(), r_p.clamp_min(0)).amax(-1) <= 1e-3 * _POLISH_TAU * _scale(sx, y_p)
-    noisy = primal_ok & (own > 1e-3 * _POLISH_TAU * _scale(sx, y_p)) & ((nu_p < 0) & ~data.eq).any(-1)
+    primal_ok = torch.where(data.eq, r_p.abs(), r_p.clamp_min(0)).amax(-1) <= 1e-3 * _POLISH_TAU * s_p
+    noisy = primal_ok & (own > 1e-3 * _POLISH_TAU * s_p) & ((nu_p < 0) & ~data.eq).any(-1)
     if bool(noisy.any()):
         i = noisy.nonzero().flatten()
         di = data.take(i)
@@ -280,20 +283,48 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx, chosen=None):
         better = own_i < own[i]
         j = i[better]
         nu_p[j], y_p[j], z_p[j], own[j] = nu_i[better], y_i[better], z_i[better], own_i[better]
-    # Dependent rows with large multipliers: the minimum-norm multiplier can be far from the
-    # nonnegative ones, and the ALM multiplier carries the penalty's rounding.  The exact
-    # multiplier nearest to the ALM one, ν_Ĩ + (M Mᵀ)⁺ M (x − y_p − Mᵀν_Ĩ), keeps the ALM's
-    # signs and the polished point's stationarity.
-    nu_w = nu * chosen
-    fix, _ = solve_consistent(data.G, chosen, (zx - z_p - data.rows(data.combine(nu_w))) * chosen)
-    nu_a = nu_w + fix
-    anchored = kkt_residual(data, x, y_p, nu_a, z_p)
-    alm = kkt_residual(data, x, y_p, nu, z_p)
-    use_a = anchored < alm
-    nu, alm = torch.where(use_a[:, None], nu_a, nu), torch.where(use_a, anchored, alm)
-    use_own = own <= alm
-    kkt_p = torch.where(use_own, own, alm) / _scale(sx, y_p)
-    return y_p, torch.where(use_own[:, None], nu_p, nu), kkt_p.nan_to_num(float("inf"))
+    s_p = _scale(sx, y_p)
+    # Where the minimum-norm multiplier does not certify (dependent rows with large
+    # multipliers: the nonnegative multipliers differ from it by a null-space component),
+    # try the ALM multiplier and the exact multiplier nearest to it.
+    i = (own > tol * s_p).nonzero().flatten()
+    if i.numel():
+        di = data.take(i)
+        alm = kkt_residual(di, x[i], y_p[i], nu[i], z_p[i])
+        nu_a, anchored = _anchored_multiplier(di, x[i], zx[i], y_p[i], z_p[i], nu[i], chosen[i])
+        use_a = anchored < alm
+        nu_i, res_i = torch.where(use_a[:, None], nu_a, nu[i]), torch.minimum(anchored, alm)
+        won = res_i < own[i]
+        j = i[won]
+        nu_p[j], own[j] = nu_i[won], res_i[won]
+    return y_p, nu_p, (own / s_p).nan_to_num(float("inf"))
+
+
+def _anchored_multiplier(data, x, zx, y_p, z_p, nu, support, max_drops: int = 4):
+    """The multiplier of ``y_p`` nearest to ``nu`` on the rows ``support``:
+    ``ν_S + (M_S M_Sᵀ)⁺ M_S (x − y_p − M_Sᵀ ν_S)``, exact whenever ``x − y_p ∈ range(M_Sᵀ)``.
+
+    With dependent rows the correction can push small multipliers below zero; those rows leave
+    the support (a multiplier of 0 is as valid as any while the remaining rows still span
+    ``x − y_p``) and the correction is recomputed, up to ``max_drops`` times.  Returns the
+    multiplier and its absolute KKT residual."""
+    support = support.clone()
+    best, best_res = None, None
+    for _ in range(max_drops + 1):
+        nu_s = nu * support
+        fix, _ = solve_consistent(data.G, support, (zx - z_p - data.rows(data.combine(nu_s))) * support)
+        nu_a = nu_s + fix
+        res = kkt_residual(data, x, y_p, nu_a, z_p)
+        if best is None:
+            best, best_res = nu_a, res
+        else:
+            won = res < best_res
+            best, best_res = torch.where(won[:, None], nu_a, best), torch.where(won, res, best_res)
+        negative = support & ~data.eq & (nu_a < 0)
+        if not bool(negative.any()):
+            break
+        support &= ~negative
+    return best, best_res
 
 
 def active_rows(data: PolyhedronData, x, y, nu, sx):
@@ -331,7 +362,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             r = ds.rows(ys) - ds.c
             ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
-            yp, np_, kp = polish(ds, xs, zs, ys, ns, ss)
+            yp, np_, kp = polish(ds, xs, zs, ys, ns, ss, tol)
             # A row can keep a positive ALM multiplier long after the point has left it when
             # the active rows are nearly dependent (the proximal-point contraction along
             # those directions is 1/(1 + ρσ²) per round); the primal guess alone then names
@@ -340,7 +371,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             if retry.numel():
                 dr = ds.take(retry)
                 alt = polishing_set(dr, ys[retry], ns[retry], ss[retry], use_multipliers=False)
-                ya, na, ka = polish(dr, xs[retry], zs[retry], ys[retry], ns[retry], ss[retry], alt)
+                ya, na, ka = polish(dr, xs[retry], zs[retry], ys[retry], ns[retry], ss[retry], tol, alt)
                 won = ka < kp[retry]
                 j = retry[won]
                 yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
