@@ -26,7 +26,7 @@ class Projection(torch.nn.Module):
     tensor([[ 0.5000,  1.0000, -1.0000]], dtype=torch.float64)
     """
 
-    def __init__(self, P: ConvexSet, *, tol: float | None = None, max_iter: int = 200, on_failure: str = "raise"):
+    def __init__(self, P: ConvexSet, *, tol: float | None = None, max_iter: int = 500, on_failure: str = "raise"):
         super().__init__()
         if not isinstance(P, ConvexSet):
             raise ValueError(f"P must be a polyproj constraint set, got {type(P).__name__}")

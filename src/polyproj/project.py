@@ -76,7 +76,7 @@ def _run(x, pset, tol, max_iter, on_failure):
     return y.reshape(*batch, *event).to(x.dtype), info, state, batch, bound
 
 
-def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 200,
+def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 500,
             on_failure: str = "raise", return_info: bool = False):
     r"""Euclidean projection :math:`y = \Pi_P(x) = \arg\min_{y \in P} \tfrac12\|y - x\|^2`.
 
@@ -108,7 +108,7 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
     return (y, info) if return_info else y
 
 
-def hs_jacobian(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 200,
+def hs_jacobian(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 500,
                 on_failure: str = "raise") -> torch.Tensor:
     r"""The explicit HS-Jacobian element :math:`P_0 = I - M^\top(MM^\top)^+M` at ``Π_P(x)``.
 

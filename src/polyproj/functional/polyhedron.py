@@ -251,14 +251,14 @@ def polishing_set(data: PolyhedronData, y, nu, sx, *, use_multipliers: bool = Tr
     return data.eq | near | (nu > 0) if use_multipliers else data.eq | near
 
 
-def polish(data: PolyhedronData, x, zx, y, nu, sx, tol, chosen=None):
+def polish(data: PolyhedronData, x, zx, y, nu, sx, tol, chosen=None, late=None):
     """Active-set polishing (module docstring, step 2) on the rows ``chosen`` (default
     :func:`polishing_set`).
 
     ``zx = C x``.  The polished point is certified by the best of three multipliers: its own
     minimum-norm one, the ALM's ``nu``, and the exact multiplier nearest to ``nu``
     (:func:`_anchored_multiplier`); the last two are only formed for samples the first leaves
-    above ``tol``.  Returns the point, its certifying multiplier and its relative KKT residual."""
+    above ``tol`` and, if a mask ``late`` is given, only where it is set.  Returns the point, its certifying multiplier and its relative KKT residual."""
     if chosen is None:
         chosen = polishing_set(data, y, nu, sx)
     rhs = (zx - data.c) * chosen
@@ -287,7 +287,8 @@ def polish(data: PolyhedronData, x, zx, y, nu, sx, tol, chosen=None):
     # Where the minimum-norm multiplier does not certify (dependent rows with large
     # multipliers: the nonnegative multipliers differ from it by a null-space component),
     # try the ALM multiplier and the exact multiplier nearest to it.
-    i = (own > tol * s_p).nonzero().flatten()
+    need = own > tol * s_p
+    i = (need if late is None else need & late).nonzero().flatten()
     if i.numel():
         di = data.take(i)
         alm = kkt_residual(di, x[i], y_p[i], nu[i], z_p[i])
@@ -334,7 +335,7 @@ def active_rows(data: PolyhedronData, x, y, nu, sx):
     return data.eq | (slack <= _ACTIVE_TAU * _scale(sx, y)[:, None]) | (nu > 0)
 
 
-def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_iter: int = 200) -> SolveResult:
+def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_iter: int = 500) -> SolveResult:
     """Project the rows of ``x`` (N, n), float64, onto the normalised polyhedron ``data``.
 
     Each outer round: semismooth Newton on φ_k, multiplier update, then polishing; a sample
@@ -352,6 +353,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
         y_best, nu_best = y.clone(), nu.clone()
         rho = torch.full((N,), _RHO, dtype=x.dtype, device=dev)
         viol_prev = torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
+        last_set = torch.zeros(N, data.K, dtype=torch.bool, device=dev)
         for _ in range(max_iter):
             all_live = live.numel() == N
             xs, ss, zs, rs = (x, sx, zx, rho) if all_live else (x[live], sx[live], zx[live], rho[live])
@@ -362,12 +364,26 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             r = ds.rows(ys) - ds.c
             ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
-            yp, np_, kp = polish(ds, xs, zs, ys, ns, ss, tol)
+            viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1)
+            # Late rounds (ALM primal residual ≤ √tol relative): the face is (nearly) known and
+            # the extra certificates below are worth their solves.
+            late = viol <= tol**0.5 * _scale(ss, ys)
+            # Polishing depends only on the chosen rows: skip samples whose set is unchanged
+            # since their last polish, unless the late-round certificates may now succeed.
+            chosen = polishing_set(ds, ys, ns, ss)
+            fresh = late | (chosen != last_set[live]).any(-1)
+            last_set[live] = chosen
+            yp, np_ = ys.clone(), ns.clone()
+            kp = torch.full_like(viol, float("inf"))
+            f = fresh.nonzero().flatten()
+            if f.numel():
+                df = ds if f.numel() == live.numel() else ds.take(f)
+                yp[f], np_[f], kp[f] = polish(df, xs[f], zs[f], ys[f], ns[f], ss[f], tol, chosen[f], late[f])
             # A row can keep a positive ALM multiplier long after the point has left it when
             # the active rows are nearly dependent (the proximal-point contraction along
             # those directions is 1/(1 + ρσ²) per round); the primal guess alone then names
             # the face.
-            retry = (kp > tol).nonzero().flatten()
+            retry = ((kp > tol) & late).nonzero().flatten()
             if retry.numel():
                 dr = ds.take(retry)
                 alt = polishing_set(dr, ys[retry], ns[retry], ss[retry], use_multipliers=False)
@@ -387,7 +403,6 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             kkt[live] = torch.minimum(kp, kkt[live])
             y[live], nu[live] = ys, ns  # the ALM continues from (y_{k+1}, ν_{k+1})
             # penalty update: ×10 where the ALM primal residual fell by less than 4×
-            viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1) if data.K else r.new_zeros(r.shape[0])
             slow = viol > 0.25 * viol_prev[live]
             rho[live] = torch.where(slow, (rs * _RHO_GROWTH).clamp_max(_RHO_MAX), rs)
             viol_prev[live] = viol
