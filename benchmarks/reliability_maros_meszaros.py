@@ -9,7 +9,11 @@ independently of the solver.  Each problem is classified as
 * solved — every output certified (relative KKT ≤ 1e-7),
 * wrong — an output was returned that fails its certificate,
 * crashed — an unexpected exception,
-* refused — an honest ``InfeasibleError`` or ``ConvergenceError``.
+* refused — an honest ``InfeasibleError`` or ``ConvergenceError``.  A refusal is explained by
+  the geometry at the answer: for the worst refused point the Clarabel solution gives the
+  active rows (relative slack ≤ 1e-8), their rank and smallest nonzero singular value, and the
+  largest NNLS multiplier relative to the data scale (huge multipliers on nearly dependent
+  active rows are what slows the augmented-Lagrangian multiplier update).
 
     python benchmarks/reliability_maros_meszaros.py [--data DIR] [--out DIR] [--only NAME ...]
 
@@ -29,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 import polyproj as pp
-from polyproj.testing import certify_projection
+from polyproj.testing import certify_projection, reference_projection
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maros_meszaros"
 BIG = 1e19
@@ -76,7 +80,10 @@ def run_problem(path: Path, seed: int = 0) -> dict:
     try:
         y, info = pp.project(torch.tensor(X), P, return_info=True)
     except pp.ConvergenceError as err:
-        return dict(row, status="refused", detail=f"ConvergenceError: {str(err)[:160]}", seconds=time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        worst = int(err.info.kkt_residual.reshape(-1).nan_to_num(float("inf")).argmax())
+        return dict(row, status="refused", detail=f"ConvergenceError: {str(err)[:160]}", seconds=seconds,
+                    reported_kkt=float(err.info.kkt_residual.max()), diagnosis=diagnose(X[worst], A, a, B, b))
     except Exception as err:  # noqa: BLE001
         return dict(row, status="crashed", detail=f"{type(err).__name__}: {str(err)[:160]}", seconds=time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
@@ -85,6 +92,31 @@ def run_problem(path: Path, seed: int = 0) -> dict:
     return dict(row, status="solved" if worst <= 1e-7 else "wrong", seconds=seconds, worst_certified_kkt=worst,
                 reported_kkt=float(info.kkt_residual.max()), iterations=int(info.iterations.max()),
                 max_active=int(info.active.sum(-1).max()), points=[name for name, _ in pts])
+
+
+def diagnose(x, A, a, B, b) -> dict:
+    """Geometry of the projection of ``x`` at the Clarabel reference solution: active rows,
+    their rank and smallest nonzero singular value (rows normalised), and the largest NNLS
+    multiplier relative to the scale max(‖x‖∞, ‖y‖∞, 1)."""
+    from scipy.optimize import nnls
+
+    try:
+        y = reference_projection(x, A if A.shape[0] else None, a if A.shape[0] else None,
+                                 B if B.shape[0] else None, b if B.shape[0] else None, tol=1e-9)
+    except RuntimeError as err:
+        return {"reference": str(err)}
+    scale = max(np.abs(x).max(), np.abs(y).max(), 1.0)
+    ra = np.linalg.norm(A, axis=1) if A.shape[0] else np.zeros(0)
+    An = A / np.where(ra > 0, ra, 1.0)[:, None] if A.shape[0] else A
+    Bn = B / np.where(np.linalg.norm(B, axis=1) > 0, np.linalg.norm(B, axis=1), 1.0)[:, None] if B.shape[0] else B
+    act = (a / np.where(ra > 0, ra, 1.0) - An @ y) <= 1e-8 * scale if A.shape[0] else np.zeros(0, bool)
+    M = np.vstack([An[act], Bn])
+    sv = np.linalg.svd(M, compute_uv=False) if M.shape[0] else np.zeros(0)
+    rank = int((sv > 1e-10 * sv.max(initial=0)).sum())
+    coef, _ = nnls(np.hstack([An[act].T, Bn.T, -Bn.T]), x - y, maxiter=50 * (M.shape[0] + Bn.shape[0]) + 50)
+    return {"active_rows": int(M.shape[0]), "rank": rank, "n": int(x.shape[0]),
+            "smallest_singular_value": float(sv[rank - 1]) if rank else None,
+            "largest_multiplier_over_scale": float(np.abs(coef).max(initial=0.0) / scale)}
 
 
 def main(argv=None):
@@ -112,6 +144,12 @@ def main(argv=None):
               f"{r.get('iterations', '-'):>5} {r['seconds']:>8.2f}  {r.get('detail', '')}")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("solved", "wrong", "crashed", "refused")}
     print(counts)
+    for r in rows:
+        if "diagnosis" in r and "rank" in r["diagnosis"]:
+            d = r["diagnosis"]
+            print(f"{r['problem']:<10} refused: {d['active_rows']} active rows of rank {d['rank']} (n = {d['n']}), "
+                  f"smallest singular value {d['smallest_singular_value']:.1e}, "
+                  f"largest multiplier {d['largest_multiplier_over_scale']:.1e} × scale")
 
 
 if __name__ == "__main__":
