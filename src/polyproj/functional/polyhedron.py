@@ -252,23 +252,23 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
     return y, steps
 
 
-def polishing_set(data: PolyhedronData, y, nu, sx, *, use_multipliers: bool = True):
-    """Rows fixed to equality by the polishing step: every equality row, the inequality rows
-    with relative slack ≤ τ, and (``use_multipliers``) those with a positive multiplier."""
-    near = data.c - data.rows(y) <= _POLISH_TAU * _scale(sx, y)[:, None]
+def polishing_set(data: PolyhedronData, r, nu, s, *, use_multipliers: bool = True):
+    """Rows fixed to equality by the polishing step at a point with residual ``r = C y − c``
+    and scale ``s``: every equality row, the inequality rows with relative slack ≤ τ, and
+    (``use_multipliers``) those with a positive multiplier."""
+    near = -r <= _POLISH_TAU * s[:, None]
     return data.eq | near | (nu > 0) if use_multipliers else data.eq | near
 
 
-def polish(data: PolyhedronData, x, zx, y, nu, sx, tol, chosen=None, late=None):
-    """Active-set polishing (module docstring, step 2) on the rows ``chosen`` (default
-    :func:`polishing_set`).
+def polish(data: PolyhedronData, x, zx, nu, sx, tol, chosen, late=None):
+    """Active-set polishing (module docstring, step 2) on the rows ``chosen``
+    (:func:`polishing_set`).
 
     ``zx = C x``.  The polished point is certified by the best of three multipliers: its own
     minimum-norm one, the ALM's ``nu``, and the exact multiplier nearest to ``nu``
     (:func:`_anchored_multiplier`); the last two are only formed for samples the first leaves
-    above ``tol`` and, if a mask ``late`` is given, only where it is set.  Returns the point, its certifying multiplier and its relative KKT residual."""
-    if chosen is None:
-        chosen = polishing_set(data, y, nu, sx)
+    above ``tol`` and, if a mask ``late`` is given, only where it is set.  Returns the point,
+    its certifying multiplier and its relative KKT residual."""
     rhs = (zx - data.c) * chosen
     nu_p, _ = solve_consistent(data.G, chosen, rhs)
     y_p = x - data.combine(nu_p)
@@ -373,12 +373,13 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
             viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1)
+            s_y = _scale(ss, ys)
             # Late rounds (ALM primal residual ≤ √tol relative): the face is (nearly) known and
             # the extra certificates below are worth their solves.
-            late = viol <= tol**0.5 * _scale(ss, ys)
+            late = viol <= tol**0.5 * s_y
             # Polishing depends only on the chosen rows: skip samples whose set is unchanged
             # since their last polish, unless the late-round certificates may now succeed.
-            chosen = polishing_set(ds, ys, ns, ss)
+            chosen = polishing_set(ds, r, ns, s_y)
             fresh = late | (chosen != last_set[live]).any(-1)
             last_set[live] = chosen
             yp, np_ = ys.clone(), ns.clone()
@@ -386,7 +387,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             f = fresh.nonzero().flatten()
             if f.numel():
                 df = ds if f.numel() == live.numel() else ds.take(f)
-                yp[f], np_[f], kp[f] = polish(df, xs[f], zs[f], ys[f], ns[f], ss[f], tol, chosen[f], late[f])
+                yp[f], np_[f], kp[f] = polish(df, xs[f], zs[f], ns[f], ss[f], tol, chosen[f], late[f])
             # A row can keep a positive ALM multiplier long after the point has left it when
             # the active rows are nearly dependent (the proximal-point contraction along
             # those directions is 1/(1 + ρσ²) per round); the primal guess alone then names
@@ -394,15 +395,15 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             retry = ((kp > tol) & late).nonzero().flatten()
             if retry.numel():
                 dr = ds.take(retry)
-                alt = polishing_set(dr, ys[retry], ns[retry], ss[retry], use_multipliers=False)
-                ya, na, ka = polish(dr, xs[retry], zs[retry], ys[retry], ns[retry], ss[retry], tol, alt)
+                alt = polishing_set(dr, r[retry], ns[retry], s_y[retry], use_multipliers=False)
+                ya, na, ka = polish(dr, xs[retry], zs[retry], ns[retry], ss[retry], tol, alt)
                 won = ka < kp[retry]
                 j = retry[won]
                 yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
             # The ALM pair itself: its stationarity is the inner Newton residual, so once the
             # penalty has closed the primal gap it can certify where an ill-conditioned face
             # solve cannot.
-            ka = kkt_residual(ds, xs, ys, ns, ds.c + r) / _scale(ss, ys)
+            ka = kkt_residual(ds, xs, ys, ns, ds.c + r) / s_y
             won = ka < kp
             yp, np_, kp = torch.where(won[:, None], ys, yp), torch.where(won[:, None], ns, np_), torch.where(won, ka, kp)
             better = kp < kkt[live]
