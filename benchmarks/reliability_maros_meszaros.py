@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 import polyproj as pp
-from polyproj.testing import certify_projection, reference_projection
+from polyproj.testing import active_system, certify_projection, reference_projection
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maros_meszaros"
 BIG = 1e19
@@ -98,25 +98,19 @@ def diagnose(x, A, a, B, b) -> dict:
     """Geometry of the projection of ``x`` at the Clarabel reference solution: active rows,
     their rank and smallest nonzero singular value (rows normalised), and the largest NNLS
     multiplier relative to the scale max(‖x‖∞, ‖y‖∞, 1)."""
-    from scipy.optimize import nnls
-
+    data = (A if A.shape[0] else None, a if A.shape[0] else None, B if B.shape[0] else None, b if B.shape[0] else None)
     try:
-        y = reference_projection(x, A if A.shape[0] else None, a if A.shape[0] else None,
-                                 B if B.shape[0] else None, b if B.shape[0] else None, tol=1e-9)
+        y = reference_projection(x, *data, tol=1e-9)
     except RuntimeError as err:
         return {"reference": str(err)}
-    scale = max(np.abs(x).max(), np.abs(y).max(), 1.0)
-    ra = np.linalg.norm(A, axis=1) if A.shape[0] else np.zeros(0)
-    An = A / np.where(ra > 0, ra, 1.0)[:, None] if A.shape[0] else A
-    Bn = B / np.where(np.linalg.norm(B, axis=1) > 0, np.linalg.norm(B, axis=1), 1.0)[:, None] if B.shape[0] else B
-    act = (a / np.where(ra > 0, ra, 1.0) - An @ y) <= 1e-8 * scale if A.shape[0] else np.zeros(0, bool)
-    M = np.vstack([An[act], Bn])
+    cert = certify_projection(x, y, *data)
+    rows = active_system(y, *data, scale=max(np.abs(x).max(), np.abs(y).max(), 1.0))
+    M = np.vstack([rows["active"], rows["B"]])
     sv = np.linalg.svd(M, compute_uv=False) if M.shape[0] else np.zeros(0)
     rank = int((sv > 1e-10 * sv.max(initial=0)).sum())
-    coef, _ = nnls(np.hstack([An[act].T, Bn.T, -Bn.T]), x - y, maxiter=50 * (M.shape[0] + Bn.shape[0]) + 50)
     return {"active_rows": int(M.shape[0]), "rank": rank, "n": int(x.shape[0]),
             "smallest_singular_value": float(sv[rank - 1]) if rank else None,
-            "largest_multiplier_over_scale": float(np.abs(coef).max(initial=0.0) / scale)}
+            "largest_multiplier_over_scale": cert["largest_multiplier"]}
 
 
 def main(argv=None):

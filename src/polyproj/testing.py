@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_projection", "certify_projection"]
+__all__ = ["reference_projection", "certify_projection", "active_system"]
 
 
 def _dense_data(n, A, a, B, b):
@@ -63,34 +63,45 @@ def reference_projection(x, A=None, a=None, B=None, b=None, *, solver: str = "cl
     raise ValueError(f"solver must be 'clarabel' or 'osqp', got {solver!r}")
 
 
+def active_system(y, A=None, a=None, B=None, b=None, *, scale: float, active_tol: float = 1e-8) -> dict:
+    """The constraints at ``y`` with unit-norm rows: ``"primal"`` (the largest violation, absolute),
+    ``"active"`` (the normalised inequality rows with slack ≤ ``active_tol · scale``, stacked) and
+    ``"B"`` (the normalised equality rows)."""
+    y = np.asarray(y, dtype=np.float64)
+    A, a, B, b = _dense_data(y.shape[0], A, a, B, b)
+    ra = np.linalg.norm(A, axis=1) if A.shape[0] else np.zeros(0)
+    rb = np.linalg.norm(B, axis=1) if B.shape[0] else np.zeros(0)
+    ra, rb = np.where(ra > 0, ra, 1.0), np.where(rb > 0, rb, 1.0)
+    slack = (a - A @ y) / ra
+    eq_res = (B @ y - b) / rb
+    primal = max(np.max(-slack, initial=0.0), np.abs(eq_res).max(initial=0.0))
+    act = slack <= active_tol * scale
+    return {"primal": primal, "active": A[act] / ra[act][:, None], "B": B / rb[:, None]}
+
+
 def certify_projection(x, y, A=None, a=None, B=None, b=None, *, active_tol: float = 1e-8) -> dict:
     """Certify ``y = Π_P(x)`` by its own KKT system, independently of any solver.
 
     Rows with relative slack ≤ ``active_tol`` are taken as active; multipliers ``λ ≥ 0`` on them
     and free ``μ`` are fitted to ``x − y = A_Iᵀλ + Bᵀμ`` by NNLS (``μ = μ⁺ − μ⁻``).  Returns the
-    relative residuals ``{"primal": ..., "stationarity": ...}`` (scale ``max(‖x‖∞, ‖y‖∞, 1)``)
-    and ``"kkt"``, their maximum.  Complementarity holds by construction (λ only on active rows).
+    relative residuals ``{"primal": ..., "stationarity": ...}`` (scale ``max(‖x‖∞, ‖y‖∞, 1)``),
+    ``"kkt"``, their maximum, ``"n_active"`` and ``"largest_multiplier"`` (relative to the
+    scale).  Complementarity holds by construction (λ only on active rows).
     """
     from scipy.optimize import nnls
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    n = x.shape[0]
-    A, a, B, b = _dense_data(n, A, a, B, b)
     scale = max(np.abs(x).max(initial=0), np.abs(y).max(initial=0), 1.0)
-    ra = np.linalg.norm(A, axis=1) if A.shape[0] else np.zeros(0)
-    rb = np.linalg.norm(B, axis=1) if B.shape[0] else np.zeros(0)
-    slack = (a - A @ y) / np.where(ra > 0, ra, 1.0)
-    eq_res = (B @ y - b) / np.where(rb > 0, rb, 1.0)
-    primal = max(np.max(-slack, initial=0.0), np.abs(eq_res).max(initial=0.0)) / scale
-    act = slack <= active_tol * scale
-    An = A[act] / np.where(ra[act] > 0, ra[act], 1.0)[:, None]
-    Bn = B / np.where(rb > 0, rb, 1.0)[:, None]
+    rows = active_system(y, A, a, B, b, scale=scale, active_tol=active_tol)
+    primal = rows["primal"] / scale
+    An, Bn = rows["active"], rows["B"]
     basis = np.hstack([An.T, Bn.T, -Bn.T])
     if basis.shape[1]:
         coef, _ = nnls(basis, x - y, maxiter=50 * basis.shape[1])
         stat = np.abs(x - y - basis @ coef).max()
     else:
-        stat = np.abs(x - y).max()
+        coef, stat = np.zeros(0), np.abs(x - y).max()
     stationarity = stat / scale
-    return {"primal": primal, "stationarity": stationarity, "kkt": max(primal, stationarity), "n_active": int(act.sum())}
+    return {"primal": primal, "stationarity": stationarity, "kkt": max(primal, stationarity),
+            "n_active": int(An.shape[0]), "largest_multiplier": float(coef.max(initial=0.0) / scale)}
