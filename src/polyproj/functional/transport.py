@@ -13,10 +13,15 @@ Algorithm: semismooth Newton on the dual (Li, Sun & Toh, Math. Program. 179, 202
 with the generalised Hessian ``L = [[Diag(Θ1), Θ], [Θᵀ, Diag(Θᵀ1)]]`` on the support
 ``Θ = 1[Y − α1ᵀ − 1βᵀ > 0]`` — the signless Laplacian of the bipartite support graph, singular
 along ``(1, −1)`` on every connected component.  Each step solves ``(L + εI) d = −∇θ``
-(ε = min(1e-3, ‖∇θ‖) relative) through its n×n Schur complement by a batched Cholesky,
-followed by an Armijo search; quadratic
-convergence once the support settles.  Nonnegativity and complementarity hold by construction;
-the iteration stops when the marginals hold to ``tol`` relative.
+(ε = min(1e-3, ‖∇θ‖) relative) through its min(m, n)×min(m, n) Schur complement by a batched
+LU, followed by an Armijo search; quadratic convergence once the support settles.
+Nonnegativity and complementarity hold by construction; the iteration stops when the
+marginals hold to ``tol`` relative.
+
+Written by hand because it is the kernel of the Birkhoff/transportation layers: the batch is
+10²–10⁶ small matrices, so the cost is the number of full-size tensor operations per step.
+Each step therefore carries ``Z = Y − α1ᵀ − 1βᵀ``, ``X``, the marginal residual and ``½‖X‖²``
+from the line search's accepted trial into the next step instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from .polyhedron import _ACTIVE_TAU
 
 _ARMIJO = 1e-4
+_MAX_HALVINGS = 30
 
 
 def _laplacian(theta: torch.Tensor) -> torch.Tensor:
@@ -40,94 +46,121 @@ def _laplacian(theta: torch.Tensor) -> torch.Tensor:
     return L
 
 
-def _newton_direction(theta, ga, gb, eps):
-    """Solve ``(L + εI)(dα; dβ) = −(gα; gβ)`` through the Schur complement of the diagonal
-    row block, ``S = D_c − Θᵀ D_r⁻¹ Θ`` (n×n, positive definite): one n×n Cholesky per sample
-    instead of a (m+n)×(m+n) one."""
-    dr = theta.sum(2) + eps[:, None]
-    dc = theta.sum(1) + eps[:, None]
-    T = theta / dr[:, :, None]
-    S = -(theta.mT @ T)
-    S.diagonal(dim1=-2, dim2=-1).add_(dc)
-    rb = (T.mT @ ga.unsqueeze(-1)).squeeze(-1) - gb
-    L, _ = torch.linalg.cholesky_ex(S)
-    db = torch.cholesky_solve(rb.unsqueeze(-1), L).squeeze(-1)
-    da = (-ga - (theta @ db.unsqueeze(-1)).squeeze(-1)) / dr
-    return da, db
+class SchurLaplacian:
+    r"""``(L + εI)`` for the signless Laplacian ``L`` of the support ``Θ`` (N, m, n), factored
+    through the Schur complement of its diagonal row block,
+    ``S = D_c + ε − Θᵀ (D_r + ε)⁻¹ Θ`` (n×n, positive definite for ε > 0): one small batched LU
+    per sample instead of an (m+n)×(m+n) factorisation.  ``eps`` has shape (N,)."""
+
+    def __init__(self, theta: torch.Tensor, eps: torch.Tensor):
+        self.theta, self.m = theta, theta.shape[1]
+        self.dr = theta.sum(2) + eps[:, None]
+        self.dc = theta.sum(1) + eps[:, None]
+        self.T = theta / self.dr[:, :, None]
+        S = torch.baddbmm(torch.diag_embed(self.dc), theta.mT, self.T, alpha=-1.0)
+        self.lu, self.piv, _ = torch.linalg.lu_factor_ex(S)
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        """``(L + εI)⁻¹ v`` for ``v`` of shape (N, m + n)."""
+        va, vb = v[:, : self.m], v[:, self.m :]
+        rb = torch.baddbmm(vb.unsqueeze(-1), self.T.mT, va.unsqueeze(-1), alpha=-1.0)
+        xb = torch.linalg.lu_solve(self.lu, self.piv, rb)
+        xa = torch.baddbmm(va.unsqueeze(-1), self.theta, xb, alpha=-1.0).squeeze(-1) / self.dr
+        return torch.cat([xa, xb.squeeze(-1)], 1)
 
 
-def _dual_value(Z, alpha, beta, r, c):
-    return 0.5 * Z.clamp_min(0).square().sum((1, 2)) + (alpha * r).sum(-1) + (beta * c).sum(-1)
+def laplacian_matvec(theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``L v`` for the signless Laplacian of the support ``Θ`` (N, m, n), ``v`` (N, m + n)."""
+    m = theta.shape[1]
+    va, vb = v[:, :m], v[:, m:]
+    top = torch.baddbmm((theta.sum(2) * va).unsqueeze(-1), theta, vb.unsqueeze(-1))
+    bottom = torch.baddbmm((theta.sum(1) * vb).unsqueeze(-1), theta.mT, va.unsqueeze(-1))
+    return torch.cat([top, bottom], 1).squeeze(-1)
 
 
 def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol: float, max_iter: int = 100):
     """Returns ``(X, alpha, beta, kkt, iterations)`` for a batch ``Y`` (N, m, n), float64;
     the marginals ``r`` (m,) or (N, m) and ``c`` (n,) or (N, n) are shared or per sample."""
     N, m, n = Y.shape
+    if n > m:  # the Schur complement is taken on the column side: keep it the smaller one
+        X, beta, alpha, kkt, iters = project_transport(Y.mT, c, r, tol=tol, max_iter=max_iter)
+        return X.mT, alpha, beta, kkt, iters
     dev, dt = Y.device, Y.dtype
-    r, c = r.expand(N, m), c.expand(N, n)
-    s = torch.maximum(Y.abs().flatten(1).amax(-1), torch.maximum(r.abs().amax(-1), c.abs().amax(-1))).clamp_min(1e-300)
+    rc = torch.cat([r.expand(N, m), c.expand(N, n)], 1)
+    s = torch.maximum(Y.abs().flatten(1).amax(-1), rc.abs().amax(-1)).clamp_min(1e-300)
+    z_sign = torch.cat([torch.ones(m, dtype=dt, device=dev), -torch.ones(n, dtype=dt, device=dev)])
     # start from the projection onto the affine hull (nonnegativity ignored)
-    alpha = (Y.sum(2) - r) / n
-    beta = (Y.sum(1) - c - alpha.sum(1, keepdim=True)) / m
+    alpha = (Y.sum(2) - rc[:, :m]) / n
+    beta = (Y.sum(1) - rc[:, m:] - alpha.sum(1, keepdim=True)) / m
+    ab = torch.cat([alpha, beta], 1)
+    X_out = torch.empty_like(Y)
+    ab_out = torch.empty_like(ab)
     iters = torch.zeros(N, dtype=torch.long, device=dev)
     kkt = torch.full((N,), float("inf"), dtype=dt, device=dev)
+    # State of the samples still iterating (``live``): Z = Y − α1ᵀ − 1βᵀ, X = Z₊, the dual
+    # gradient g = (r, c) − marginals(X), q = ½‖X‖², res = ‖g‖∞ / s.
     live = torch.arange(N, device=dev)
-    a_l, b_l, Y_l, s_l, r_l, c_l = alpha, beta, Y, s, r, c
-    z_sign = torch.cat([torch.ones(m, dtype=dt, device=dev), -torch.ones(n, dtype=dt, device=dev)])
+    Z = Y - alpha[:, :, None] - beta[:, None, :]
+    X, g, q, res = _trial_point(Z, rc, s)
+    rc_l, s_l = rc, s
     for it in range(max_iter + 1):
-        Z = Y_l - a_l[:, :, None] - b_l[:, None, :]
-        X = Z.clamp_min(0)
-        ga, gb = r_l - X.sum(2), c_l - X.sum(1)
-        res = torch.maximum(ga.abs().amax(-1), gb.abs().amax(-1)) / s_l
-        done = res <= tol
-        if it == max_iter:
-            done = torch.ones_like(done)
+        done = res <= tol if it < max_iter else torch.ones_like(res, dtype=torch.bool)
         if bool(done.any()):
             idx = live[done]
-            alpha[idx], beta[idx], kkt[idx], iters[idx] = a_l[done], b_l[done], res[done], it
+            X_out[idx], ab_out[idx], kkt[idx], iters[idx] = X[done], ab[done], res[done], it
             keep = ~done
-            live, a_l, b_l, Y_l, s_l, r_l, c_l = live[keep], a_l[keep], b_l[keep], Y_l[keep], s_l[keep], r_l[keep], c_l[keep]
-            Z, ga, gb, res = Z[keep], ga[keep], gb[keep], res[keep]
+            live, Z, X, g, q, res, ab, rc_l, s_l = (t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l))
             if live.numel() == 0:
                 break
-        theta = (Z > 0).to(dt)
+        theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
         eps = (res * s_l).clamp(max=1e-3) + 1e-12
-        grad = torch.cat([ga, gb], 1)
-        d = torch.cat(_newton_direction(theta, ga, gb, eps), 1)
+        d = SchurLaplacian(theta, eps).solve(-g)
         # drop the component along the global null direction (1, −1) (a gauge change)
-        d = d - (d[:, :m].sum(1, keepdim=True) - d[:, m:].sum(1, keepdim=True)) / (m + n) * z_sign
-        da, db = d[:, :m], d[:, m:]
+        d = torch.addr(d, d @ z_sign, z_sign, alpha=-1.0 / (m + n))
         # Step t = 1, 1/2, …: accept on Armijo decrease of θ, or — where θ's decrease is
-        # below rounding, near the solution — when the residual ‖∇θ‖∞ halves.
-        th0 = _dual_value(Z, a_l, b_l, r_l, c_l)
-        slope = (grad * d).sum(-1)
-        g0 = res * s_l
-        # Only the samples still searching are evaluated at each trial step: most accept t = 1
-        # at once, and re-evaluating the whole batch for a few stragglers dominated the cost.
-        t = torch.full((live.numel(),), 2.0 ** -29, dtype=dt, device=dev)  # the last trial, if none passes
-        pending = torch.arange(live.numel(), device=dev)
-        Zp, dap, dbp, ap, bp, rp, cp = Z, da, db, a_l, b_l, r_l, c_l
-        th0p, slp, g0p = th0, slope, g0
-        step = 1.0
-        for _ in range(30):
-            Zt = Zp - step * (dap[:, :, None] + dbp[:, None, :])
-            Xt = Zt.clamp_min(0)
-            tht = _dual_value(Zt, ap + step * dap, bp + step * dbp, rp, cp)
-            gt = torch.maximum((rp - Xt.sum(2)).abs().amax(-1), (cp - Xt.sum(1)).abs().amax(-1))
-            passed = (tht <= th0p + _ARMIJO * step * slp) | (gt <= 0.5 * g0p)
-            t[pending[passed]] = step
-            if bool(passed.all()):
-                break
-            keep = ~passed
-            pending = pending[keep]
-            Zp, dap, dbp, ap, bp, rp, cp = Zp[keep], dap[keep], dbp[keep], ap[keep], bp[keep], rp[keep], cp[keep]
-            th0p, slp, g0p = th0p[keep], slp[keep], g0p[keep]
-            step *= 0.5
-        a_l = a_l + t[:, None] * da
-        b_l = b_l + t[:, None] * db
-    X = (Y - alpha[:, :, None] - beta[:, None, :]).clamp_min(0)
-    return X, alpha, beta, kkt, iters
+        # below rounding, near the solution — when the residual ‖∇θ‖∞ halves.  With
+        # θ(t) − θ(0) = ½‖X_t‖² − ½‖X‖² + t (r, c)·d, the test needs no α, β at the trial.
+        slope = (g * d).sum(-1)
+        lin = (rc_l * d).sum(-1)
+        da, db = d[:, :m, None], d[:, None, m:]
+        Zt = Z - da - db
+        Xt, gt, qt, rest = _trial_point(Zt, rc_l, s_l)
+        passed = (qt + lin <= q + _ARMIJO * slope) | (rest <= 0.5 * res)
+        if bool(passed.all()):
+            ab = ab + d
+        else:
+            # Only the samples still searching are evaluated at each further trial step: most
+            # accept t = 1, and re-evaluating the whole batch for a few stragglers dominated.
+            t = torch.ones_like(res)
+            pend = (~passed).nonzero().squeeze(1)
+            Zp, Dp, qp, resp, linp, slp, rcp, sp = (
+                Z[pend], da[pend] + db[pend], q[pend], res[pend], lin[pend], slope[pend], rc_l[pend], s_l[pend])
+            step = 1.0
+            for k in range(1, _MAX_HALVINGS):
+                step *= 0.5
+                Zs = torch.add(Zp, Dp, alpha=-step)
+                Xs, gs, qs, ress = _trial_point(Zs, rcp, sp)
+                ok = (qs + step * linp <= qp + _ARMIJO * step * slp) | (ress <= 0.5 * resp)
+                if k == _MAX_HALVINGS - 1:  # none passed: take the last, shortest step
+                    ok = torch.ones_like(ok)
+                i = pend[ok]
+                Zt[i], Xt[i], gt[i], qt[i], rest[i], t[i] = Zs[ok], Xs[ok], gs[ok], qs[ok], ress[ok], step
+                if bool(ok.all()):
+                    break
+                keep = ~ok
+                pend, Zp, Dp, qp, resp, linp, slp, rcp, sp = (
+                    x[keep] for x in (pend, Zp, Dp, qp, resp, linp, slp, rcp, sp))
+            ab = torch.addcmul(ab, t[:, None], d)
+        Z, X, g, q, res = Zt, Xt, gt, qt, rest
+    return X_out, ab_out[:, :m], ab_out[:, m:], kkt, iters
+
+
+def _trial_point(Z, rc, s):
+    """``X = Z₊``, the dual gradient ``(r, c) − marginals(X)``, ``½‖X‖²`` and ``‖∇θ‖∞ / s``."""
+    X = Z.clamp_min(0)
+    g = rc - torch.cat([X.sum(2), X.sum(1)], 1)
+    q = 0.5 * torch.linalg.vector_norm(X.flatten(1), dim=1).square()
+    return X, g, q, g.abs().amax(-1) / s
 
 
 def transport_active(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
