@@ -13,10 +13,13 @@ F64 = torch.float64
 
 def _sets():
     T = pp.Transportation(torch.tensor([0.5, 1.0, 1.5], dtype=F64), torch.tensor([1.0, 0.2, 0.8, 1.0], dtype=F64))
-    return [(T, T.as_polyhedron(), (3, 4)), (pp.Birkhoff(), pp.Birkhoff().as_polyhedron(4), (4, 4))]
+    # more rows than columns: the solvers work on the transposed problem
+    T2 = pp.Transportation(torch.tensor([1.0, 0.2, 0.8, 1.0], dtype=F64), torch.tensor([0.5, 1.0, 1.5], dtype=F64))
+    return [(T, T.as_polyhedron(), (3, 4)), (pp.Birkhoff(), pp.Birkhoff().as_polyhedron(4), (4, 4)),
+            (T2, T2.as_polyhedron(), (4, 3))]
 
 
-@pytest.mark.parametrize("k", [0, 1])
+@pytest.mark.parametrize("k", [0, 1, 2])
 def test_agrees_with_generic_polyhedron_and_certificate(k):
     S, P, shape = _sets()[k]
     x = torch.tensor(np.random.default_rng(k).standard_normal((5, *shape)))
@@ -32,7 +35,7 @@ def test_agrees_with_generic_polyhedron_and_certificate(k):
         assert certify_projection(xk, yk, C[: D.m], c[: D.m], C[D.m:], c[D.m:])["kkt"] <= 1e-9
 
 
-@pytest.mark.parametrize("k", [0, 1])
+@pytest.mark.parametrize("k", [0, 1, 2])
 def test_jacobian_equals_generic_and_backward(k):
     S, P, shape = _sets()[k]
     x = torch.tensor(np.random.default_rng(10 + k).standard_normal((4, *shape)))

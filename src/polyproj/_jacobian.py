@@ -95,13 +95,20 @@ def transport_product(support: torch.Tensor, G: torch.Tensor):
     of ``L [α; β] = [(Θ⊙G)1; (Θ⊙G)ᵀ1]``, ``L`` the signless Laplacian of the support graph
     (singular on every connected component; iterated Tikhonov gives the pseudo-inverse
     solution).  Returns ``(J(G), α, β)``; ``(α, β)`` is also the gradient for ``(r, c)``."""
-    from .functional._masked_linalg import solve_consistent_batched
-    from .functional.transport import _laplacian
+    from .functional._masked_linalg import _iterated_tikhonov
+    from .functional.transport import SchurLaplacian, laplacian_matvec
 
+    m, n = G.shape[1:]
+    if n > m:  # the Schur complement is taken on the column side: keep it the smaller one
+        JG, beta, alpha = transport_product(support.mT, G.mT)
+        return JG.mT, alpha, beta
     theta = support.to(G.dtype)
-    m = G.shape[1]
     TG = theta * G
-    ab = solve_consistent_batched(_laplacian(theta), torch.cat([TG.sum(2), TG.sum(1)], 1))
+    rhs = torch.cat([TG.sum(2), TG.sum(1)], 1)
+    # iterated Tikhonov with (L + δI), δ = 1e-10 × the largest degree, factored once
+    degree = torch.maximum(theta.sum(2).amax(-1), theta.sum(1).amax(-1)).clamp_min(1.0)
+    reg = SchurLaplacian(theta, 1e-10 * degree)
+    ab, _ = _iterated_tikhonov(reg.solve, lambda v: laplacian_matvec(theta, v), rhs, max_refine=30, rtol=1e-13)
     alpha, beta = ab[:, :m], ab[:, m:]
     return theta * (G - alpha[:, :, None] - beta[:, None, :]), alpha, beta
 
