@@ -99,3 +99,22 @@ def test_hand_example():
 def test_errors(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+def test_degenerate_support_converges_to_rounding():
+    """Eight support components joined by weakly active entries: rounding noise along the kernel
+    of the support Laplacian must not stall the Newton iteration (it once sat at 2.6e-10)."""
+    from pathlib import Path
+
+    from polyproj.functional.transport import project_transport
+
+    x = torch.tensor(np.loadtxt(Path(__file__).parent / "data" / "birkhoff_degenerate_16.txt"))[None]
+    one = torch.ones(16, dtype=F64)
+    X, _, _, kkt, iters = project_transport(x, one, one, tol=1e-13, max_iter=100)
+    assert float(kkt) <= 1e-13 and int(iters) <= 20
+    y, info = pp.project(x, pp.Birkhoff(), return_info=True)
+    assert int(info.iterations) <= 20 and float((y.sum(-1) - 1).abs().max()) <= 1e-12
+    D = pp.Birkhoff().as_polyhedron(16)._data
+    C, c = D.C.numpy(), D.c.numpy()
+    cert = certify_projection(x.flatten().numpy(), y.flatten().numpy(), C[: D.m], c[: D.m], C[D.m:], c[D.m:])
+    assert cert["kkt"] <= 1e-9

@@ -467,7 +467,9 @@ class Transportation(_ParamSet):
         from .functional.transport import project_transport, transport_active
 
         r, c = self._marginals(x)
-        X, _, _, kkt, iters = project_transport(x, r, c, tol=min(tol, 1e-12), max_iter=max_iter)
+        # iterate well below tol (1e-12 for float64's default tol 1e-9, 1e-9 for float32's 1e-5)
+        # so that the output is exact to the input precision, stopping at tol on a rounding floor
+        X, _, _, kkt, iters = project_transport(x, r, c, tol=tol, target=min(1e-3 * tol, 1e-9), max_iter=max_iter)
         active = transport_active(X, x)
         return SetSolution(X, active, kkt, iters, kkt <= tol, (~active,))
 
