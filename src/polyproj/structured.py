@@ -412,11 +412,14 @@ class Transportation(_ParamSet):
     r"""The transportation polytope :math:`\{X \in ℝ^{m×n} : X \ge 0,\ X\mathbf 1 = r,\ X^\top\mathbf 1 = c\}`
     (``r ≥ 0``, ``c ≥ 0``, ``Σr = Σc``); input ``x`` of shape ``(..., m, n)``.
 
-    Projection: semismooth Newton on the dual (Li, Sun & Toh 2020) with a batched Cholesky of
-    the regularised signless Laplacian of the support graph per step; nonnegativity exact, the
-    marginals to ``tol`` relative (typically 5–10 steps).
+    Projection: a few rounds of block-coordinate ascent on the dual, then semismooth Newton on
+    the dual (Li, Sun & Toh 2020), each step a batched LU of the Schur complement of the
+    regularised signless Laplacian of the support graph; nonnegativity exact, the marginals to
+    10⁻³·``tol`` relative, at most 1e-9 (typically 2–4 Newton steps; see
+    :mod:`polyproj.functional.transport`).
     Backward: ``J(G) = Θ ⊙ (G − α1ᵀ − 1βᵀ)`` with the minimum-norm solution of
-    ``L[α; β] = [(Θ⊙G)1; (Θ⊙G)ᵀ1]`` (``L`` singular on each connected component of the support).
+    ``L[α; β] = [(Θ⊙G)1; (Θ⊙G)ᵀ1]`` (``L`` singular on each connected component of the support;
+    iterated Tikhonov through the same Schur complement).
     ``info.active`` has shape ``(..., m, n)``: the entries at zero.
 
     >>> import torch, polyproj as pp
