@@ -93,8 +93,12 @@ def face_jacobian(f: torch.Tensor) -> torch.Tensor:
 def transport_product(support: torch.Tensor, G: torch.Tensor):
     """Transportation/Birkhoff: ``J(G) = Θ ⊙ (G − α1ᵀ − 1βᵀ)`` with the minimum-norm solution
     of ``L [α; β] = [(Θ⊙G)1; (Θ⊙G)ᵀ1]``, ``L`` the signless Laplacian of the support graph
-    (singular on every connected component; iterated Tikhonov gives the pseudo-inverse
-    solution).  Returns ``(J(G), α, β)``; ``(α, β)`` is also the gradient for ``(r, c)``."""
+    (singular along one direction per connected component, to which ``J(G)`` is blind), by
+    iterated Tikhonov on ``L + δI``.  δ = 1e-6 × the largest degree: rounding noise of the
+    right-hand side along the kernel grows by 1/δ (δ = 1e-10 left up to 2e-5 of it in the
+    marginal gradients; now ~1e-9, and the global direction (1, −1) is removed exactly), while
+    each refinement contracts the rest by δ/(λ + δ) (three solves on random supports).
+    Returns ``(J(G), α, β)``; ``(α, β)`` is also the gradient for ``(r, c)``."""
     from .functional._masked_linalg import _iterated_tikhonov
     from .functional.transport import SchurLaplacian, laplacian_matvec
 
@@ -105,10 +109,11 @@ def transport_product(support: torch.Tensor, G: torch.Tensor):
     theta = support.to(G.dtype)
     TG = theta * G
     rhs = torch.cat([TG.sum(2), TG.sum(1)], 1)
-    # iterated Tikhonov with (L + δI), δ = 1e-10 × the largest degree, factored once
     degree = torch.maximum(theta.sum(2).amax(-1), theta.sum(1).amax(-1)).clamp_min(1.0)
-    reg = SchurLaplacian(theta, 1e-10 * degree)
+    reg = SchurLaplacian(theta, 1e-6 * degree)
     ab, _ = _iterated_tikhonov(reg.solve, lambda v: laplacian_matvec(theta, v), rhs, max_refine=30, rtol=1e-13)
+    ab = ab - (ab[:, :m].sum(1, keepdim=True) - ab[:, m:].sum(1, keepdim=True)) / (m + n) * torch.cat(
+        [torch.ones(m, dtype=ab.dtype, device=ab.device), -torch.ones(n, dtype=ab.dtype, device=ab.device)])
     alpha, beta = ab[:, :m], ab[:, m:]
     return theta * (G - alpha[:, :, None] - beta[:, None, :]), alpha, beta
 
