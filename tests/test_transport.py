@@ -157,3 +157,12 @@ def test_marginal_gradients_have_no_gauge_component():
     (pp.project(x, pp.Transportation(r, c)) * torch.tensor(rng.standard_normal((64, 16, 16)))).sum().backward()
     gauge = (r.grad.sum(1) - c.grad.sum(1)).abs()
     assert float(gauge.max()) <= 1e-10 * float(r.grad.abs().max())
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 3, 3, dtype=F64, requires_grad=True)
+    y, info = pp.project(x, pp.Birkhoff(), return_info=True)
+    y.sum().backward()
+    assert y.shape == (0, 3, 3) and x.grad.shape == (0, 3, 3) and info.iterations.shape == (0,)
+    T = pp.Transportation(torch.ones(3, dtype=F64), torch.full((2,), 1.5, dtype=F64))
+    assert pp.project(torch.zeros(2, 0, 3, 2, dtype=F64), T).shape == (2, 0, 3, 2)

@@ -86,6 +86,9 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
     floor), or ``max_iter`` steps."""
     N, m, n = Y.shape
     target = tol if target is None else min(target, tol)
+    if N == 0:
+        empty = Y.new_zeros(0)
+        return Y.clone(), Y.new_zeros(0, m), Y.new_zeros(0, n), empty, empty.long()
     if n > m:  # the Schur complement is taken on the column side: keep it the smaller one
         X, beta, alpha, kkt, iters = project_transport(Y.mT, c, r, tol=tol, max_iter=max_iter, target=target)
         return X.mT, alpha, beta, kkt, iters
