@@ -100,7 +100,7 @@ def transport_product(support: torch.Tensor, G: torch.Tensor):
     each refinement contracts the rest by δ/(λ + δ) (three solves on random supports).
     Returns ``(J(G), α, β)``; ``(α, β)`` is also the gradient for ``(r, c)``."""
     from .functional._masked_linalg import _iterated_tikhonov
-    from .functional.transport import SchurLaplacian, laplacian_matvec
+    from .functional.transport import SchurLaplacian, drop_gauge
 
     m, n = G.shape[1:]
     if n > m:  # the Schur complement is taken on the column side: keep it the smaller one
@@ -111,9 +111,8 @@ def transport_product(support: torch.Tensor, G: torch.Tensor):
     rhs = torch.cat([TG.sum(2), TG.sum(1)], 1)
     degree = torch.maximum(theta.sum(2).amax(-1), theta.sum(1).amax(-1)).clamp_min(1.0)
     reg = SchurLaplacian(theta, 1e-6 * degree)
-    ab, _ = _iterated_tikhonov(reg.solve, lambda v: laplacian_matvec(theta, v), rhs, max_refine=30, rtol=1e-13)
-    ab = ab - (ab[:, :m].sum(1, keepdim=True) - ab[:, m:].sum(1, keepdim=True)) / (m + n) * torch.cat(
-        [torch.ones(m, dtype=ab.dtype, device=ab.device), -torch.ones(n, dtype=ab.dtype, device=ab.device)])
+    ab, _ = _iterated_tikhonov(reg.solve, reg.matvec, rhs, max_refine=30, rtol=1e-13)
+    ab = drop_gauge(ab, m)
     alpha, beta = ab[:, :m], ab[:, m:]
     return theta * (G - alpha[:, :, None] - beta[:, None, :]), alpha, beta
 

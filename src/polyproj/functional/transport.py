@@ -52,8 +52,9 @@ class SchurLaplacian:
 
     def __init__(self, theta: torch.Tensor, eps: torch.Tensor):
         self.theta, self.m = theta, theta.shape[1]
-        self.dr = theta.sum(2) + eps[:, None]
-        self.dc = theta.sum(1) + eps[:, None]
+        self.deg_r, self.deg_c = theta.sum(2), theta.sum(1)
+        self.dr = self.deg_r + eps[:, None]
+        self.dc = self.deg_c + eps[:, None]
         self.T = theta / self.dr[:, :, None]
         S = torch.baddbmm(torch.diag_embed(self.dc), theta.mT, self.T, alpha=-1.0)
         self.lu, self.piv, _ = torch.linalg.lu_factor_ex(S)
@@ -66,14 +67,19 @@ class SchurLaplacian:
         xa = torch.baddbmm(va.unsqueeze(-1), self.theta, xb, alpha=-1.0).squeeze(-1) / self.dr
         return torch.cat([xa, xb.squeeze(-1)], 1)
 
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``L v`` (without ε) for ``v`` of shape (N, m + n)."""
+        va, vb = v[:, : self.m], v[:, self.m :]
+        top = torch.baddbmm((self.deg_r * va).unsqueeze(-1), self.theta, vb.unsqueeze(-1))
+        bottom = torch.baddbmm((self.deg_c * vb).unsqueeze(-1), self.theta.mT, va.unsqueeze(-1))
+        return torch.cat([top, bottom], 1).squeeze(-1)
 
-def laplacian_matvec(theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``L v`` for the signless Laplacian of the support ``Θ`` (N, m, n), ``v`` (N, m + n)."""
-    m = theta.shape[1]
-    va, vb = v[:, :m], v[:, m:]
-    top = torch.baddbmm((theta.sum(2) * va).unsqueeze(-1), theta, vb.unsqueeze(-1))
-    bottom = torch.baddbmm((theta.sum(1) * vb).unsqueeze(-1), theta.mT, va.unsqueeze(-1))
-    return torch.cat([top, bottom], 1).squeeze(-1)
+
+def drop_gauge(v: torch.Tensor, m: int) -> torch.Tensor:
+    """``v`` (N, m + n) without its component along ``(1_m, −1_n)``, the kernel direction of
+    the Laplacian shared by every support (α1ᵀ + 1βᵀ is unchanged along it)."""
+    shift = (v[:, :m].sum(1, keepdim=True) - v[:, m:].sum(1, keepdim=True)) / v.shape[1]
+    return torch.cat([v[:, :m] - shift, v[:, m:] + shift], 1)
 
 
 def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol: float, max_iter: int = 100,
@@ -95,7 +101,6 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
     dev, dt = Y.device, Y.dtype
     rc = torch.cat([r.expand(N, m), c.expand(N, n)], 1)
     s = torch.maximum(Y.abs().flatten(1).amax(-1), rc.abs().amax(-1)).clamp_min(1e-300)
-    z_sign = torch.cat([torch.ones(m, dtype=dt, device=dev), -torch.ones(n, dtype=dt, device=dev)])
     # Start: the projection onto the affine hull (nonnegativity ignored), then a few rounds of
     # block-coordinate ascent on θ with one Newton (Michelot) step per block: the row
     # thresholds α with β fixed, then the column thresholds β.  A round costs a few
@@ -145,12 +150,11 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
         # above rounding, components are truly out of balance and must move.
         small = eps < _KERNEL_FREE_BELOW
         if bool(small.any()):
-            d_range = lap.solve(laplacian_matvec(theta, d))
+            d_range = lap.solve(lap.matvec(d))
             g_kernel = (eps[:, None] * (d - d_range)).abs().amax(1)
             noise = g_kernel <= _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l
             d = torch.where((small & noise)[:, None], d_range, d)
-        # drop the component along the global null direction (1, −1) (a gauge change)
-        d = torch.addr(d, d @ z_sign, z_sign, alpha=-1.0 / (m + n))
+        d = drop_gauge(d, m)  # a gauge change: X is unchanged along it
         # Step t = 1, 1/2, …: accept on Armijo decrease of θ, or — where θ's decrease is
         # below rounding, near the solution — when the residual ‖∇θ‖∞ halves.  With
         # θ(t) − θ(0) = ½‖X_t‖² − ½‖X‖² + t (r, c)·d, the test needs no α, β at the trial.
