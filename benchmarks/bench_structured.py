@@ -89,9 +89,12 @@ def main(argv=None):
     for n, batch in tqdm([(16, 256), (4, 65536), (64, 16)], desc="Birkhoff"):
         x = torch.randn(batch, n, n, generator=gen)
         secs, outs = interleaved(methods, x, args.repeats, once=("linsatnet",))
+        steps = pp.project(x, pp.Birkhoff(), return_info=True)[1].iterations.float()
         for name in methods:
             birkhoff_rows.append({"n": n, "batch": batch, "method": name, "seconds": secs[name],
                                   "violation": ds_violation(outs[name])})
+            if name == "polyproj":  # Newton steps after the block-coordinate start
+                birkhoff_rows[-1].update(newton_steps_mean=float(steps.mean()), newton_steps_max=int(steps.max()))
     x = torch.randn(1024, 1000, generator=gen)
     secs, _ = interleaved({"simplex": lambda z: pp.project(z, pp.Simplex()),
                            "sort": lambda z: torch.sort(z.detach(), dim=-1, descending=True)[0]}, x, args.repeats)
@@ -108,7 +111,9 @@ def main(argv=None):
     print(f"{'n':>4} {'batch':>6}  {'method':<11} {'fwd+bwd [s]':>11} {'× polyproj':>10} {'DS violation':>12}")
     for r in birkhoff_rows:
         base = next(b["seconds"] for b in birkhoff_rows if b["method"] == "polyproj" and b["n"] == r["n"])
-        print(f"{r['n']:>4} {r['batch']:>6}  {r['method']:<11} {r['seconds']:>11.4f} {r['seconds'] / base:>10.2f} {r['violation']:>12.1e}")
+        steps = f"  Newton steps {r['newton_steps_mean']:.1f} (max {r['newton_steps_max']})" if "newton_steps_max" in r else ""
+        print(f"{r['n']:>4} {r['batch']:>6}  {r['method']:<11} {r['seconds']:>11.4f} {r['seconds'] / base:>10.2f} "
+              f"{r['violation']:>12.1e}{steps}")
     print(f"simplex n=1000 batch 1024: fwd+bwd {simplex_sec:.4f} s; one torch.sort {sort_sec:.4f} s; ratio {simplex_sec / sort_sec:.2f}")
     print("Birkhoff, batch 16:   " + "  ".join(f"n={r['n']}: {r['seconds']:.4f}s" for r in scaling_n))
     print("Birkhoff, n=8:        " + "  ".join(f"batch={r['batch']}: {r['seconds']:.4f}s" for r in scaling_batch))
