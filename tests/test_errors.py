@@ -54,11 +54,11 @@ CASES = [
     (lambda: pp.Projection(P_OK, max_iter=-1), ValueError, r"max_iter must be a positive integer"),
     (lambda: P_OK.contains(torch.zeros(3, dtype=F64)), ValueError, r"y must have shape"),
     # structured sets
-    (lambda: pp.Box([0.0, 0.0], [1.0]), ValueError, r"lower and upper must have the same shape"),
+    (lambda: pp.Box([0.0, 0.0], [1.0]), ValueError, r"lower and upper must have the same length n"),
     (lambda: pp.Box([0.0, 2.0], [1.0, 1.0]), pp.InfeasibleError, r"box is empty: lower\[1\] = 2.0 > upper\[1\] = 1.0"),
     (lambda: pp.Box([0.0, np.nan], [1.0, 1.0]), ValueError, r"lower must not contain NaN"),
     (lambda: pp.Box([np.inf], [np.inf]), ValueError, r"lower may not contain \+inf"),
-    (lambda: pp.Box(np.zeros(()), np.ones(2)), ValueError, r"lower must be an array of shape \(\.\.\., n\)"),
+    (lambda: pp.Box(np.zeros((2, 0)), np.ones(2)), ValueError, r"lower must be a scalar or an array of shape \(\.\.\., n\) with n >= 1"),
     (lambda: pp.Box(np.zeros((3, 2)), np.ones((4, 2))), ValueError, r"batch dimensions of lower and upper do not broadcast"),
     (lambda: pp.CappedSimplex(np.zeros((2, 3)), np.ones(3), torch.tensor([1.0, 4.0])), pp.InfeasibleError,
      r"capped simplex is empty at batch indices \(1,\)"),

@@ -93,9 +93,12 @@ def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device
     return x
 
 
+DEFAULT_TOL = 1e-9  # every solve runs in float64, whatever the input dtype
+
+
 def check_tolerance(tol, dtype: torch.dtype) -> float:
     if tol is None:
-        return 1e-9 if dtype == torch.float64 else 1e-5
+        return DEFAULT_TOL
     if not isinstance(tol, numbers.Real) or not (0 < float(tol) < 1) or not np.isfinite(tol):
         raise ValueError(f"tol must be a real number in (0, 1), got {tol!r}")
     return float(tol)

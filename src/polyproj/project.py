@@ -48,9 +48,9 @@ def _run(x, pset, tol, max_iter, on_failure):
     max_iter = check_positive_int(max_iter, "max_iter")
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
     event = flat.shape[1:]
-    # Threshold-type sets are exact in any precision and run in the input's dtype; the
-    # others solve in float64 whatever the input dtype.
-    flat = flat.to(x.dtype if getattr(pset, "native_dtype", False) else torch.float64)
+    # Every set solves in float64 whatever the input dtype: a threshold x − τ formed in float32
+    # loses the set's scale as soon as ‖x‖ is a few hundred times larger than it.
+    flat = flat.to(torch.float64)
     y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, bound, tol, max_iter, *bound._grad_inputs())
     info = ProjectionInfo(
         active=active.reshape(*batch, *active.shape[1:]),

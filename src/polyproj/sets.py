@@ -14,7 +14,14 @@ r"""Constraint sets.  Every set implements one small protocol, so :func:`polypro
   to, and ``(J g, their gradients)`` from one solve;
 * ``_jacobian(state)`` — the explicit ``(N, d, d)`` Jacobian element;
 * ``_violation(y)`` — the largest constraint violation per point of a flat batch;
+* ``_violation_scale(y)`` — the set's scale at those points (what a violation is relative to);
 * ``contains(y, tol=)`` and ``violation(y)`` — public membership test and violation.
+
+What "converged" means (every set, every dtype: the solves run in float64): the output's
+largest violation is at most ``tol`` times the set's scale at the output — the magnitude of
+the terms of its constraints and of their right-hand sides, ``max(‖ |C| |y| ‖∞, ‖c‖∞)`` for
+unit-norm rows ``C``, never the magnitude of the input — and, for the iterative solvers,
+stationarity and complementarity hold to ``tol`` relative to ``max(‖x‖∞, ‖y‖∞, ‖x − y‖∞)``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 from . import _jacobian
 from ._errors import InfeasibleError
 from ._feasibility import check_nonempty
-from ._validation import as_tensor, broadcast_batch, check_input
+from ._validation import DEFAULT_TOL, as_tensor, broadcast_batch, check_input
 from .functional.polyhedron import PolyhedronData, solve_polyhedron
 
 __all__ = ["ConvexSet", "Polyhedron", "SetSolution"]
@@ -36,9 +43,9 @@ __all__ = ["ConvexSet", "Polyhedron", "SetSolution"]
 
 def flat_batch(t, batch, event_ndim: int):
     """``t`` (batch dims + ``event_ndim`` event dims) broadcast to ``batch`` and flattened to
-    ``(prod(batch), *event)``; a tensor without batch dims (shared data) or a Python scalar is
-    returned as it is."""
-    if not isinstance(t, torch.Tensor) or t.ndim == event_ndim:
+    ``(prod(batch), *event)``; a tensor without batch dims (shared data, or a scalar standing
+    for a whole event) or a Python scalar is returned as it is."""
+    if not isinstance(t, torch.Tensor) or t.ndim <= event_ndim:
         return t
     event = t.shape[t.ndim - event_ndim:]
     return t.expand(*batch, *event).reshape(-1, *event)
@@ -46,8 +53,11 @@ def flat_batch(t, batch, event_ndim: int):
 
 def sum_to(grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """A per-sample gradient (N, ...) reduced to the shape of the parameter it belongs to:
-    summed over the batch when the parameter is shared."""
-    return grad if grad.ndim == t.ndim else grad.sum(0)
+    summed over the batch when the parameter is shared, and over the event when it is a
+    scalar broadcast to every coordinate."""
+    if grad.ndim == t.ndim and grad.shape == t.shape:
+        return grad
+    return grad.sum_to_size(t.shape) if grad.ndim == t.ndim else grad.sum(0).sum_to_size(t.shape)
 
 
 @dataclass
@@ -97,6 +107,17 @@ class ConvexSet:
         """Largest absolute constraint violation per point of a flat float64 batch."""
         raise NotImplementedError
 
+    def _violation_scale(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The set's scale at each point of a flat float64 batch: the largest magnitude among
+        the terms of its constraint evaluations and their right-hand sides."""
+        raise NotImplementedError
+
+    def _relative_violation(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """``_violation(y) / max(_violation_scale(y), eps·‖x‖∞)`` per point (the floor only
+        matters for sets of scale 0, cones, at y ≈ 0; without ``x`` it is ``eps``)."""
+        floor = torch.finfo(torch.float64).eps * (x.flatten(1).abs().amax(-1) if x is not None else 1.0)
+        return self._violation(y) / torch.clamp_min(torch.maximum(self._violation_scale(y), torch.as_tensor(floor, dtype=y.dtype, device=y.device)), 1e-300)
+
     def _flat_points(self, y: torch.Tensor, name: str):
         """Validate points ``(..., *event_shape)`` and flatten them against the set's batch shape
         (differentiably, in their own dtype): returns ``(flat points (N, *event), batch shape,
@@ -110,24 +131,32 @@ class ConvexSet:
         flat = y.expand(*batch, *event).reshape(-1, *event)
         return flat, batch, self._bind(batch)
 
-    def violation(self, y: torch.Tensor) -> torch.Tensor:
+    def violation(self, y: torch.Tensor, *, relative: bool = False) -> torch.Tensor:
         """The largest constraint violation of each point of ``y`` (..., *event_shape), as a
         float64 tensor (...): for polyhedra the distance to the most violated half-space or
         hyperplane (rows normalised), for the structured sets the largest violated bound or
-        marginal."""
-        flat, batch, bound = self._flat_points(y, "y")
-        flat = flat.detach().to(torch.float64)
-        return bound._violation(flat).reshape(batch) if flat.shape[0] else flat.new_zeros(batch)
-
-    def contains(self, y: torch.Tensor, *, tol: float = 1e-9) -> torch.Tensor:
-        """Whether each point of ``y`` (..., *event_shape) lies in the set, up to a violation of
-        ``tol · max(1, ‖y‖∞)`` on the normalised constraints.  Returns a bool tensor (...)."""
+        marginal.  With ``relative=True`` it is divided by the set's scale at ``y`` (module
+        docstring; at least machine epsilon): the quantity ``tol`` bounds."""
         flat, batch, bound = self._flat_points(y, "y")
         flat = flat.detach().to(torch.float64)
         if not flat.shape[0]:
-            return torch.ones(batch, dtype=torch.bool, device=flat.device)
-        scale = flat.flatten(1).abs().amax(-1).clamp_min(1.0)
-        return (bound._violation(flat) <= tol * scale).reshape(batch)
+            return flat.new_zeros(batch)
+        out = bound._relative_violation(flat) if relative else bound._violation(flat)
+        return out.reshape(batch)
+
+    def contains(self, y: torch.Tensor, *, tol: float | None = None) -> torch.Tensor:
+        """Whether each point of ``y`` (..., *event_shape) lies in the set, up to a violation of
+        ``tol`` times the set's scale at ``y`` (``violation(y, relative=True) <= tol``).
+
+        The default ``tol`` is the library's solve tolerance 1e-9 for float64 points and
+        ``4·eps`` of the points' dtype otherwise (4.8e-7 for float32): a projection rounded to
+        float32 moves each constraint by at most half an ulp of the set's scale.  Returns a
+        bool tensor (...)."""
+        if tol is None:
+            tol = DEFAULT_TOL if not isinstance(y, torch.Tensor) or y.dtype == torch.float64 else 4 * torch.finfo(y.dtype).eps
+        elif not isinstance(tol, (int, float)) or isinstance(tol, bool) or not (0 <= tol < 1):
+            raise ValueError(f"tol must be a real number in [0, 1), got {tol!r}")
+        return self.violation(y, relative=True) <= tol
 
 
 class Polyhedron(ConvexSet):
@@ -234,10 +263,8 @@ class Polyhedron(ConvexSet):
         batch = torch.Size(self.batch_shape)
         bound = self._bind(batch)
         N = bound.N
-        probe = solve_polyhedron(bound.data, self.A.new_zeros(N, self.n), tol=1e-9, max_iter=40)
-        c = bound.data.c.expand(N, -1)
-        cscale = c.abs().amax(-1).clamp_min(1.0) if self.m + self.p else c.new_ones(N)
-        suspects = (~(bound._violation(probe.y) <= 1e-9 * cscale)).nonzero().flatten()
+        probe = solve_polyhedron(bound.data, self.A.new_zeros(N, self.n), tol=DEFAULT_TOL, max_iter=40)
+        suspects = (~(bound._relative_violation(probe.y) <= DEFAULT_TOL)).nonzero().flatten()
         bound._raise_if_empty(suspects, batch)
 
     # -- protocol ---------------------------------------------------------------------
@@ -269,7 +296,8 @@ class Polyhedron(ConvexSet):
 
     def _bind(self, batch: torch.Size) -> "_BoundPolyhedron":
         D = self._data
-        data = PolyhedronData(flat_batch(D.C, batch, 2), flat_batch(D.c, batch, 1), D.m, flat_batch(D.G, batch, 2), D.eq)
+        data = PolyhedronData(flat_batch(D.C, batch, 2), flat_batch(D.c, batch, 1), D.m, flat_batch(D.G, batch, 2), D.eq,
+                              flat_batch(D.absC, batch, 2))
         params = {name: flat_batch(t, batch, nd)
                   for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1))
                   if t.requires_grad}
@@ -325,10 +353,10 @@ class _BoundPolyhedron(ConvexSet):
         return _jacobian.explicit_jacobian(self.data, state[0], self.event_shape[0])
 
     def _violation(self, y):
-        D = self.data
-        z = D.rows(y) - D.c
-        viol = torch.cat([z[:, : D.m].clamp_min(0), z[:, D.m:].abs()], 1)
-        return viol.amax(-1) if viol.shape[1] else y.new_zeros(y.shape[0])
+        return self.data.primal_violation(self.data.rows(y) - self.data.c)
+
+    def _violation_scale(self, y):
+        return self.data.primal_scale(y)
 
     _MAX_LP_CHECKS = 256
 

@@ -21,13 +21,16 @@ __all__ = ["Box", "HalfSpace", "Simplex", "CappedSimplex", "Transportation", "Bi
 
 
 def _bounds(lower, upper, what):
-    """Validate a pair of bound arrays ``(..., n)`` (batch dimensions broadcast); ±inf allowed
-    (a missing side), NaN not.  Tensors that require grad stay attached to their graph."""
+    """Validate a pair of bounds: scalars (the same bound on every coordinate, any ``n``) or
+    arrays ``(..., n)`` (batch dimensions broadcast; a scalar broadcasts against an array);
+    ±inf allowed (a missing side), NaN not.  Tensors that require grad stay attached to their
+    graph.  Returns ``(lower, upper, event_shape)`` with ``event_shape = (-1,)`` when both are
+    scalars."""
     device = next((t.device for t in (lower, upper) if isinstance(t, torch.Tensor)), torch.device("cpu"))
     lo = _as_bound(lower, "lower", device)
     up = _as_bound(upper, "upper", device)
-    if lo.shape[-1] != up.shape[-1]:
-        raise ValueError(f"lower and upper must have the same shape, got {tuple(lo.shape)} and {tuple(up.shape)}")
+    if lo.ndim and up.ndim and lo.shape[-1] != up.shape[-1]:
+        raise ValueError(f"lower and upper must have the same length n, got shapes {tuple(lo.shape)} and {tuple(up.shape)}")
     _broadcast("lower and upper", lo.shape[:-1], up.shape[:-1])
     if bool((lo == float("inf")).any()) or bool((up == -float("inf")).any()):
         raise ValueError("lower may not contain +inf and upper may not contain -inf")
@@ -37,13 +40,14 @@ def _bounds(lower, upper, what):
         at = i[-1] if len(i) == 1 else i
         lo_b, up_b = torch.broadcast_tensors(lo.detach(), up.detach())
         raise InfeasibleError(f"the {what} is empty: lower[{at}] = {float(lo_b[i])} > upper[{at}] = {float(up_b[i])}")
-    return lo, up
+    n = max(lo.shape[-1] if lo.ndim else -1, up.shape[-1] if up.ndim else -1)
+    return lo, up, (n,)
 
 
 def _as_bound(value, name, device):
     t = as_tensor(value, name, device=device, keep_grad=True, allow_inf=True)
-    if t.ndim < 1 or t.shape[-1] < 1:
-        raise ValueError(f"{name} must be an array of shape (..., n) with n >= 1, got shape {tuple(t.shape)}")
+    if t.ndim >= 1 and t.shape[-1] < 1:
+        raise ValueError(f"{name} must be a scalar or an array of shape (..., n) with n >= 1, got shape {tuple(t.shape)}")
     return t
 
 
@@ -124,20 +128,31 @@ class _ParamSet(ConvexSet):
 
 class _VectorSet(_ParamSet):
     """Shared plumbing of the vector-valued structured sets (data on one device).  Their
-    projections are exact in any floating-point precision, so they run in the input's dtype
-    (``native_dtype``) instead of float64."""
+    projections are closed forms, solved in float64 like every set and finished by a
+    feasibility-restoring correction (:mod:`polyproj.functional.simple_sets`)."""
 
     _device = torch.device("cpu")
-    native_dtype = True
 
     @property
     def device(self) -> torch.device:
         return self._device
 
-    @staticmethod
-    def _closed_form(y, active, kkt, tol, backward_mask):
-        """A :class:`SetSolution` of a closed-form projection (no iterations)."""
+    def _closed_form(self, x, y, active, tol, backward_mask):
+        """A :class:`SetSolution` of a closed-form projection (no iterations), certified by its
+        violation relative to the set's scale (stationarity holds by construction)."""
+        kkt = self._relative_violation(y, x)
         return SetSolution(y, active, kkt, torch.zeros_like(kkt, dtype=torch.long), kkt <= tol, (backward_mask,))
+
+    def _bound_value(self, name, x):
+        """A bound as the kernels take it: float64, detached, broadcast to ``x``'s last dimension."""
+        v = self._value(name, x.dtype)
+        return v.expand(x.shape[-1]) if v.ndim == 0 else v
+
+    def _box_scale(self, y):
+        """``max(‖y‖∞, largest finite bound)`` per point: the scale of the rows ``±y_i ≤ ±bound``."""
+        bounds = torch.cat([torch.broadcast_to(self._value(k, y.dtype), y.shape) for k in ("lower", "upper")], -1)
+        finite = torch.where(torch.isfinite(bounds), bounds.abs(), torch.zeros_like(bounds))
+        return torch.maximum(y.abs().amax(-1), finite.amax(-1))
 
     @staticmethod
     def _free(active):
@@ -189,17 +204,17 @@ class Box(_VectorSet):
     _param_event_ndim = {"lower": 1, "upper": 1}
 
     def __init__(self, lower, upper):
-        self.lower, self.upper = _bounds(lower, upper, "box")
+        self.lower, self.upper, self.event_shape = _bounds(lower, upper, "box")
         self._device = self.lower.device
-        self.event_shape = (self.lower.shape[-1],)
         self.batch_shape = self._batch_of_params("lower and upper")
 
     def to(self, device):
         return self._moved(device, lower=self.lower, upper=self.upper)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_box(x, self._value("lower", x.dtype), self._value("upper", x.dtype))
-        return self._closed_form(y, active, kkt, tol, active)
+        y, active = simple_sets.project_box(x, self._bound_value("lower", x), self._bound_value("upper", x),
+                                            self._violation_scale)
+        return self._closed_form(x, y, active, tol, active)
 
     def _vjp(self, state, g):
         return _jacobian.box_product(self._free(state[0]), g)
@@ -215,10 +230,16 @@ class Box(_VectorSet):
     def _violation(self, y):
         return self._box_violation(y)
 
-    def as_polyhedron(self) -> Polyhedron:
-        n = self.event_shape[0]
+    def _violation_scale(self, y):
+        return self._box_scale(y)
+
+    def as_polyhedron(self, n: int | None = None) -> Polyhedron:
+        n = self.event_shape[0] if self.event_shape[0] != -1 else n
+        if n is None:
+            raise ValueError("as_polyhedron of a box with scalar bounds needs n")
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
-        A, a = torch.cat([eye, -eye]), torch.cat([self.upper.detach(), -self.lower.detach()], -1)
+        up, lo = (torch.broadcast_to(t.detach(), (*t.shape[:-1], n) if t.ndim else (n,)) for t in (self.upper, self.lower))
+        A, a = torch.cat([eye, -eye]), torch.cat([up, -lo], -1)
         keep = torch.isfinite(a)
         if a.ndim > 1:
             if not bool(keep.all()):
@@ -228,7 +249,8 @@ class Box(_VectorSet):
 
     def __repr__(self):
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
-        return f"Box(n={self.event_shape[0]}{batch})"
+        n = self.event_shape[0]
+        return f"Box(n={n if n != -1 else 'any'}{batch})"
 
 
 class HalfSpace(_VectorSet):
@@ -258,8 +280,8 @@ class HalfSpace(_VectorSet):
         return self._moved(device, c=self.c)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_halfspace(x, self.c.to(x.dtype), self.beta)
-        return self._closed_form(y, active, kkt, tol, active)
+        y, active = simple_sets.project_halfspace(x, self.c.to(x.dtype), self.beta, self._violation_scale)
+        return self._closed_form(x, y, active, tol, active)
 
     def _vjp(self, state, g):
         return _jacobian.halfspace_product(self.c.to(g.dtype), state[0], g)
@@ -269,6 +291,9 @@ class HalfSpace(_VectorSet):
 
     def _violation(self, y):
         return (y @ self.c - self.beta).clamp_min(0) / self.c.norm()
+
+    def _violation_scale(self, y):
+        return torch.clamp_min(y.abs() @ self.c.abs(), abs(self.beta)) / self.c.norm()
 
     def as_polyhedron(self) -> Polyhedron:
         return Polyhedron(A=self.c[None], a=torch.tensor([self.beta], dtype=torch.float64, device=self.device))
@@ -301,8 +326,8 @@ class Simplex(_VectorSet):
         return self._moved(device)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_simplex(x, self.total)
-        return self._closed_form(y, active, kkt, tol, ~active)
+        y, active = simple_sets.project_simplex(x, self.total, self._violation_scale)
+        return self._closed_form(x, y, active, tol, ~active)
 
     def _vjp(self, state, g):
         return _jacobian.face_product(state[0], g)
@@ -312,6 +337,10 @@ class Simplex(_VectorSet):
 
     def _violation(self, y):
         return torch.maximum((-y).clamp_min(0).amax(-1), (y.sum(-1) - self.total).abs() / y.shape[-1] ** 0.5)
+
+    def _violation_scale(self, y):
+        # rows −y_i ≤ 0 and 1ᵀy/√n = total/√n
+        return torch.maximum(y.abs().amax(-1), torch.clamp_min(y.abs().sum(-1), abs(self.total)) / y.shape[-1] ** 0.5)
 
     def as_polyhedron(self, n: int) -> Polyhedron:
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
@@ -346,17 +375,27 @@ class CappedSimplex(_VectorSet):
     _param_event_ndim = {"lower": 1, "upper": 1, "total": 0}
 
     def __init__(self, lower, upper, total=1.0):
-        self.lower, self.upper = _bounds(lower, upper, "capped simplex")
+        self.lower, self.upper, self.event_shape = _bounds(lower, upper, "capped simplex")
         check_finite(self.lower.detach(), "lower")
         check_finite(self.upper.detach(), "upper")
         self.total = _scalar_or_batch(total, "total", self.lower.device)
         self._device = self.lower.device
-        self.event_shape = (self.lower.shape[-1],)
         self.batch_shape = self._batch_of_params("lower, upper and total")
-        lo, hi, tot = torch.broadcast_tensors(self.lower.detach().sum(-1), self.upper.detach().sum(-1), self._total_tensor())
+        if self.event_shape[0] != -1:
+            self._check_total(self.event_shape[0])
+
+    def _check_total(self, n: int) -> None:
+        """Raise :class:`InfeasibleError` unless ``Σ lower ≤ total ≤ Σ upper`` (every sample)."""
+        lo, hi = (torch.broadcast_to(t.detach(), (*t.shape[:-1], n) if t.ndim else (n,)).sum(-1)
+                  for t in (self.lower, self.upper))
+        lo, hi, tot = torch.broadcast_tensors(lo, hi, self._total_tensor())
         _raise_empty_where(~((lo <= tot) & (tot <= hi)), bool(self.batch_shape), lambda i, where: (
             f"the capped simplex is empty{where}: total = {float(tot[i])} is outside "
-            f"[sum(lower), sum(upper)] = [{float(lo[i])}, {float(hi[i])}]"))
+            f"[sum(lower), sum(upper)] = [{float(lo[i])}, {float(hi[i])}] (n = {n})"))
+
+    def _validate_event(self, shape):
+        if self.event_shape[0] == -1:
+            self._check_total(shape[0])
 
     def _total_tensor(self) -> torch.Tensor:
         """``total`` as a detached float64 tensor on the set's device."""
@@ -371,9 +410,9 @@ class CappedSimplex(_VectorSet):
         return tot if not isinstance(tot, torch.Tensor) or tot.ndim == 0 else tot[:, None]
 
     def _solve(self, x, *, tol, max_iter):
-        y, active, kkt = simple_sets.project_capped_simplex(
-            x, self._value("lower", x.dtype), self._value("upper", x.dtype), self._total(x.dtype))
-        return self._closed_form(y, active, kkt, tol, active)
+        y, active = simple_sets.project_capped_simplex(
+            x, self._bound_value("lower", x), self._bound_value("upper", x), self._total(x.dtype), self._violation_scale)
+        return self._closed_form(x, y, active, tol, active)
 
     def _vjp(self, state, g):
         return _jacobian.face_product(self._free(state[0]), g)
@@ -395,17 +434,25 @@ class CappedSimplex(_VectorSet):
         gap = (y.sum(-1, keepdim=True) - self._total(y.dtype)).abs().squeeze(-1)
         return torch.maximum(self._box_violation(y), gap / y.shape[-1] ** 0.5)
 
-    def as_polyhedron(self) -> Polyhedron:
-        n = self.event_shape[0]
+    def _violation_scale(self, y):
+        tot = torch.as_tensor(self._total(y.dtype), dtype=y.dtype, device=y.device).abs().reshape(-1)
+        return torch.maximum(self._box_scale(y), torch.maximum(y.abs().sum(-1), tot) / y.shape[-1] ** 0.5)
+
+    def as_polyhedron(self, n: int | None = None) -> Polyhedron:
+        n = self.event_shape[0] if self.event_shape[0] != -1 else n
+        if n is None:
+            raise ValueError("as_polyhedron of a capped simplex with scalar bounds needs n")
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
-        return Polyhedron(A=torch.cat([eye, -eye]), a=torch.cat([self.upper.detach(), -self.lower.detach()], -1),
+        up, lo = (torch.broadcast_to(t.detach(), (*t.shape[:-1], n) if t.ndim else (n,)) for t in (self.upper, self.lower))
+        return Polyhedron(A=torch.cat([eye, -eye]), a=torch.cat([up, -lo], -1),
                           B=torch.ones(1, n, dtype=torch.float64, device=self.device),
                           b=self._total_tensor().unsqueeze(-1))
 
     def __repr__(self):
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
         total = f"total={self.total}" if not isinstance(self.total, torch.Tensor) else "total=<tensor>"
-        return f"CappedSimplex(n={self.event_shape[0]}, {total}{batch})"
+        n = self.event_shape[0]
+        return f"CappedSimplex(n={n if n != -1 else 'any'}, {total}{batch})"
 
 
 class Transportation(_ParamSet):
@@ -470,10 +517,11 @@ class Transportation(_ParamSet):
         from .functional.transport import project_transport, transport_active
 
         r, c = self._marginals(x)
-        # iterate well below tol (1e-12 for float64's default tol 1e-9, 1e-9 for float32's 1e-5)
-        # so that the output is exact to the input precision, stopping at tol on a rounding floor
-        X, _, _, kkt, iters = project_transport(x, r, c, tol=tol, target=min(1e-3 * tol, 1e-9), max_iter=max_iter)
-        active = transport_active(X, x)
+        # iterate well below tol (1e-12 for the default tol 1e-9) so that the output is exact to
+        # the input precision, stopping at tol on a rounding floor
+        X, _, _, _, iters = project_transport(x, r, c, tol=tol, target=min(1e-3 * tol, 1e-9), max_iter=max_iter)
+        active = transport_active(X, x, self._violation_scale(X))
+        kkt = self._relative_violation(X, x)
         return SetSolution(X, active, kkt, iters, kkt <= tol, (~active,))
 
     def _vjp(self, state, g):
@@ -491,6 +539,12 @@ class Transportation(_ParamSet):
         r, c = self._marginals(y)
         marg = torch.maximum((y.sum(-1) - r).abs().amax(-1), (y.sum(-2) - c).abs().amax(-1))
         return torch.maximum(marg, (-y).clamp_min(0).flatten(1).amax(-1))
+
+    def _violation_scale(self, y):
+        r, c = self._marginals(y)
+        a = y.abs()
+        terms = torch.maximum(a.sum(-1).amax(-1), a.sum(-2).amax(-1))
+        return torch.maximum(terms, torch.maximum(r.abs().amax(-1), c.abs().amax(-1)))
 
     def as_polyhedron(self, m: int | None = None, n: int | None = None) -> Polyhedron:
         """The same set on ``vec(X)`` (row-major)."""

@@ -36,6 +36,9 @@ Algorithm
    ``y = x − M_Ĩᵀ (M_Ĩ M_Ĩᵀ)⁺ (M_Ĩ x − c_Ĩ)`` is computed by iterated Tikhonov; it is accepted
    when its KKT residual, certified by the polished multiplier or by the ALM multiplier
    (which stays valid when the minimum-norm multiplier of dependent rows is negative).
+   The polished point is then made feasible on its face by one correction
+   ``y ← y − M_Ĩᵀ(M_Ĩ M_Ĩᵀ)⁺(M_Ĩ y − c_Ĩ)``: ``M_Ĩ y − c_Ĩ`` is formed from numbers at the set's
+   scale, so the correction removes the rounding that ``M_Ĩ x`` (at the input's scale) left.
    Samples whose multiplier picks up rounding noise in the null space of dependent rows
    are re-solved with a thresholded eigendecomposition.  In late rounds (ALM primal residual
    ≤ √tol relative) two more certificates are tried where that fails: the exact multiplier
@@ -44,10 +47,18 @@ Algorithm
    long after the point has left it); the ALM pair itself is also a candidate.  A sample
    leaves as soon as its certified residual is ≤ tol; the others continue the ALM.
 
-KKT residual (what ``info.kkt_residual`` reports), relative to ``s = max(‖x‖∞, ‖y‖∞)``:
-the largest of stationarity ``‖y − x + Aᵀλ + Bᵀμ‖∞``, primal violation
-``‖(Ay − a)_+‖∞, ‖By − b‖∞``, complementarity ``max_i min(λ_i, a_i − A_i y)`` and dual
-infeasibility ``‖λ_-‖∞`` (rows normalised).
+Convergence criterion (what ``info.kkt_residual`` reports), stated as OSQP and Clarabel state
+theirs, with unit-norm rows ``C = [A; B]``, ``c = [a; b]``: the relative KKT residual is the larger of
+
+* primal: ``‖(Cy − c)_ineq,+ , (Cy − c)_eq‖∞ / max(‖ |C| |y| ‖∞, ‖c‖∞)`` — judged at the scale
+  of the *set* (its right-hand sides and the terms of ``C y``), never at the scale of ``x``, so a
+  far-away input cannot loosen feasibility;
+* dual: ``max(‖y − x + Cᵀν‖∞, max_i min(λ_i, a_i − A_i y)_+, ‖λ_-‖∞) / max(‖x‖∞, ‖y‖∞, ‖Cᵀν‖∞)``
+  (stationarity, complementarity, dual feasibility), at the scale of the input.
+
+A point is accepted when this is ≤ ``tol``.  Because the polished point is made feasible on its
+face by a correction computed from ``C y − c`` (numbers at the set's scale, whatever the size
+of ``x``), the primal part reaches rounding level at inputs 1e-6…1e8 times the set's scale.
 """
 
 from __future__ import annotations
@@ -66,6 +77,7 @@ __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
 _RHO, _RHO_GROWTH, _RHO_MAX = 1e3, 10.0, 1e10
 _POLISH_TAU = 1e-9  # rows with relative slack below this join the polishing set
 _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the backward
+_ROUNDING_ULPS = 64.0  # rounding an ALM iterate formed at the input's scale may carry, in ulps of ‖x‖∞
 
 
 @dataclass(frozen=True)
@@ -81,11 +93,12 @@ class PolyhedronData:
     m: int
     G: torch.Tensor  # (K, K) or (N, K, K) = C Cᵀ
     eq: torch.Tensor  # (K,) bool, True on equality rows
+    absC: torch.Tensor  # |C|, for the magnitude of the terms of C y (the primal scale)
 
     @classmethod
     def from_rows(cls, C: torch.Tensor, c: torch.Tensor, m: int) -> "PolyhedronData":
         eq = torch.arange(C.shape[-2], device=C.device) >= m
-        return cls(C=C, c=c, m=m, G=C @ C.mT, eq=eq)
+        return cls(C=C, c=c, m=m, G=C @ C.mT, eq=eq, absC=C.abs())
 
     @property
     def K(self) -> int:
@@ -112,10 +125,26 @@ class PolyhedronData:
         if self.C.ndim == 2 and self.c.ndim == 1:
             return self
         pick = lambda t, k: t[index] if t.ndim == k else t  # noqa: E731
-        return PolyhedronData(pick(self.C, 3), pick(self.c, 2), self.m, pick(self.G, 3), self.eq)
+        return PolyhedronData(pick(self.C, 3), pick(self.c, 2), self.m, pick(self.G, 3), self.eq, pick(self.absC, 3))
 
     def to(self, device) -> "PolyhedronData":
-        return PolyhedronData(self.C.to(device), self.c.to(device), self.m, self.G.to(device), self.eq.to(device))
+        return PolyhedronData(self.C.to(device), self.c.to(device), self.m, self.G.to(device), self.eq.to(device),
+                              self.absC.to(device))
+
+    def primal_scale(self, y: torch.Tensor) -> torch.Tensor:
+        """The set's scale at ``y`` (N, n): ``max(‖ |C| |y| ‖∞, ‖c‖∞)`` per sample — the size of the
+        terms a constraint evaluation ``C y − c`` adds up, so its rounding is relative to it."""
+        if self.K == 0:
+            return y.new_ones(y.shape[0])
+        ay = y.abs()
+        terms = (self.absC @ ay.unsqueeze(-1)).squeeze(-1) if self.per_sample_matrix else ay @ self.absC.T
+        return torch.maximum(terms.amax(-1), self.c.abs().amax(-1)).clamp_min(1e-300)
+
+    def primal_violation(self, r: torch.Tensor) -> torch.Tensor:
+        """Largest violation per sample from the residual ``r = C y − c`` (N, K)."""
+        if self.K == 0:
+            return r.new_zeros(r.shape[0])
+        return torch.where(self.eq, r.abs(), r.clamp_min(0)).amax(-1)
 
 
 @dataclass
@@ -128,19 +157,26 @@ class SolveResult:
     converged: torch.Tensor  # (N,) bool
 
 
-def kkt_residual(data: PolyhedronData, x, y, nu, z=None):
-    """Absolute KKT residual per sample of the point y (z = C y) with multipliers nu:
-    max of stationarity, primal violation, complementarity and dual infeasibility."""
+def kkt_residual(data: PolyhedronData, x, y, nu, sx, z=None):
+    """Relative KKT residual per sample of the point y (z = C y) with multipliers nu (module
+    docstring): the primal violation relative to the set's scale and the stationarity,
+    complementarity and dual infeasibility relative to ``max(‖x‖∞, ‖y‖∞, ‖Cᵀν‖∞)`` (``sx`` =
+    ``‖x‖∞``).  NaN anywhere gives +inf."""
     if z is None:
         z = data.rows(y)
-    stat = (y - x + data.combine(nu)).abs().amax(-1)
+    combined = data.combine(nu)
+    stat = (y - x + combined).abs().amax(-1)
+    dscale = torch.maximum(_scale(sx, y), combined.abs().amax(-1))
     if data.K == 0:
-        return stat
+        return (stat / dscale).nan_to_num(float("inf"))
     r = z - data.c
-    ineq = ~data.eq
-    viol = torch.where(ineq, r.clamp_min(0), r.abs())
-    comp_dual = torch.where(ineq, torch.maximum(torch.minimum(nu, -r), -nu).clamp_min(0), torch.zeros_like(nu))
-    return torch.maximum(stat, torch.maximum(viol, comp_dual).amax(-1))
+    comp_dual = torch.where(data.eq, torch.zeros_like(nu), torch.maximum(torch.minimum(nu, -r), -nu).clamp_min(0))
+    dual = torch.maximum(stat, comp_dual.amax(-1)) / dscale
+    # (the floor eps·‖x‖∞ only matters for sets of scale 0 — cones — at y ≈ 0, where the
+    # rounding of y = x − Cᵀν leaves nothing to be relative to)
+    pscale = torch.maximum(data.primal_scale(y), torch.finfo(y.dtype).eps * sx)
+    primal = data.primal_violation(r) / pscale
+    return torch.maximum(primal, dual).nan_to_num(float("inf"))
 
 
 def _scale(sx, y):
@@ -168,16 +204,27 @@ def _exact_step(r, d, u, v, eq, rho):
 
     With ``u = ν + ρ(Cy − c)`` and ``v = ρ C d``, ``ρ φ'(t) = ρ(r·d + t‖d‖²) +
     Σ_i v_i p_i(u_i + t v_i)`` where ``p_i(s) = s_+`` on inequality rows and ``s`` on equality
-    rows: nondecreasing and piecewise linear, with a breakpoint where an inequality row
-    enters or leaves.  Breakpoints are sorted per sample, the slopes and intercepts of the
-    pieces accumulated, and the root located on its piece — so one step may cross many
-    kinks, unlike backtracking.  Returns ``(t, first_piece)``; ``first_piece`` means no
+    rows (:func:`line_search_root`).  Returns ``(t, first_piece)``."""
+    return line_search_root(rho * (r * d).sum(-1), rho * (d * d).sum(-1), u, v, eq)
+
+
+def line_search_root(a0, b0, u, v, eq):
+    """Smallest root ``t* ≥ 0`` of the nondecreasing, piecewise-linear
+
+    ``ψ(t) = a0 + b0·t + Σ_i v_i p_i(u_i + t v_i)``,  ``p_i(s) = s_+`` (``s`` where ``eq``),
+
+    per sample (``a0``, ``b0``: (N,); ``u``, ``v``: (N, K); ``eq``: (K,) bool) — the derivative
+    of a convex piecewise quadratic along a search direction, so ``t*`` is its exact minimiser
+    (0 when ``ψ(0) ≥ 0``).  Breakpoints (where a term enters or leaves) are sorted per
+    sample, the slopes and intercepts of the pieces accumulated, and the root located on its
+    piece — one step may cross many kinks, unlike backtracking (as in QPALM, Hermans,
+    Themelis & Patrinos 2022).  Returns ``(t, first_piece)``; ``first_piece`` means no
     breakpoint was crossed."""
     ineq = ~eq
     active0 = eq | (u > 0) | ((u == 0) & (v > 0))
     vu, vv = v * u, v * v
-    alpha0 = rho * (r * d).sum(-1) + (vu * active0).sum(-1)
-    beta0 = rho * (d * d).sum(-1) + (vv * active0).sum(-1)
+    alpha0 = a0 + (vu * active0).sum(-1)
+    beta0 = b0 + (vv * active0).sum(-1)
     enter = ineq & (u < 0) & (v > 0)
     leave = ineq & (u > 0) & (v < 0)
     bp = torch.where(enter | leave, -u / torch.where(v != 0, v, torch.ones_like(v)), torch.full_like(u, float("inf")))
@@ -252,11 +299,18 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
     return y, steps
 
 
-def polishing_set(data: PolyhedronData, r, nu, s, *, use_multipliers: bool = True):
-    """Rows fixed to equality by the polishing step at a point with residual ``r = C y − c``
-    and scale ``s``: every equality row, the inequality rows with relative slack ≤ τ, and
-    (``use_multipliers``) those with a positive multiplier."""
-    near = -r <= _POLISH_TAU * s[:, None]
+def _alm_tolerance(data: PolyhedronData, y, sx, rel):
+    """``rel`` times the set's scale at the ALM iterate ``y``, plus the rounding that ``y``
+    carries from being formed at the input's scale ``sx`` (a few ulps of ‖x‖∞): the slack or
+    violation below which an ALM iterate cannot tell a row from active."""
+    return rel * data.primal_scale(y) + _ROUNDING_ULPS * torch.finfo(y.dtype).eps * sx
+
+
+def polishing_set(data: PolyhedronData, r, nu, slack_tol, *, use_multipliers: bool = True):
+    """Rows fixed to equality by the polishing step at a point with residual ``r = C y − c``:
+    every equality row, the inequality rows with slack ≤ ``slack_tol`` (per sample,
+    :func:`_alm_tolerance`), and (``use_multipliers``) those with a positive multiplier."""
+    near = -r <= slack_tol[:, None]
     return data.eq | near | (nu > 0) if use_multipliers else data.eq | near
 
 
@@ -273,57 +327,103 @@ def polish(data: PolyhedronData, x, zx, nu, sx, tol, chosen, late=None):
     nu_p, _ = solve_consistent(data.G, chosen, rhs)
     y_p = x - data.combine(nu_p)
     z_p = data.rows(y_p)
-    own = kkt_residual(data, x, y_p, nu_p, z_p)
-    s_p = _scale(sx, y_p)
+    y_p, nu_p, z_p = _restore_face(data, chosen, y_p, nu_p, z_p, tol)
+    own = kkt_residual(data, x, y_p, nu_p, sx, z_p)
     # Dependent rows: rounding noise in the null space of the active Gram matrix can make a
     # zero multiplier slightly negative.  Recompute those samples' multipliers by a
     # thresholded pseudo-inverse (exact minimum-norm, no null-space noise).
     r_p = z_p - data.c
-    primal_ok = torch.where(data.eq, r_p.abs(), r_p.clamp_min(0)).amax(-1) <= 1e-3 * _POLISH_TAU * s_p
-    noisy = primal_ok & (own > 1e-3 * _POLISH_TAU * s_p) & ((nu_p < 0) & ~data.eq).any(-1)
+    primal_ok = data.primal_violation(r_p) <= 1e-3 * _POLISH_TAU * data.primal_scale(y_p)
+    noisy = primal_ok & (own > 1e-3 * _POLISH_TAU) & ((nu_p < 0) & ~data.eq).any(-1)
     if bool(noisy.any()):
         i = noisy.nonzero().flatten()
         di = data.take(i)
         nu_i = pinv_solve(di.G, chosen[i], rhs[i])
         y_i = x[i] - di.combine(nu_i)
-        z_i = di.rows(y_i)
-        own_i = kkt_residual(di, x[i], y_i, nu_i, z_i)
+        y_i, nu_i, z_i = _restore_face(di, chosen[i], y_i, nu_i, di.rows(y_i), tol)
+        own_i = kkt_residual(di, x[i], y_i, nu_i, sx[i], z_i)
         better = own_i < own[i]
         j = i[better]
         nu_p[j], y_p[j], z_p[j], own[j] = nu_i[better], y_i[better], z_i[better], own_i[better]
-    s_p = _scale(sx, y_p)
     # Where the minimum-norm multiplier does not certify (dependent rows with large
     # multipliers: the nonnegative multipliers differ from it by a null-space component),
     # try the ALM multiplier and the exact multiplier nearest to it.
-    need = own > tol * s_p
+    need = own > tol
     i = (need if late is None else need & late).nonzero().flatten()
     if i.numel():
         di = data.take(i)
-        alm = kkt_residual(di, x[i], y_p[i], nu[i], z_p[i])
-        nu_a, anchored = _anchored_multiplier(di, x[i], zx[i], y_p[i], z_p[i], nu[i], chosen[i])
+        alm = kkt_residual(di, x[i], y_p[i], nu[i], sx[i], z_p[i])
+        nu_a, anchored = _anchored_multiplier(di, x[i], sx[i], y_p[i], z_p[i], nu[i], chosen[i])
         use_a = anchored < alm
         nu_i, res_i = torch.where(use_a[:, None], nu_a, nu[i]), torch.minimum(anchored, alm)
         won = res_i < own[i]
         j = i[won]
         nu_p[j], own[j] = nu_i[won], res_i[won]
-    return y_p, nu_p, (own / s_p).nan_to_num(float("inf"))
+    return y_p, nu_p, own
 
 
-def _anchored_multiplier(data, x, zx, y_p, z_p, nu, support, max_drops: int = 4):
+def _exchange_rows(data: PolyhedronData, x, zx, sx, tol, chosen, passes: int = 4):
+    """Primal–dual active-set exchanges from the face ``chosen``: solve on the face (with the
+    feasibility-restoring correction), then add every row the point violates and drop the
+    inequality row with the most negative multiplier; up to ``passes`` times, keeping the
+    best certified point.  Returns ``(y, ν, relative KKT residual)``."""
+    chosen = chosen.clone()
+    best = None
+    for _ in range(passes):
+        nu, _ = solve_consistent(data.G, chosen, (zx - data.c) * chosen)
+        y = x - data.combine(nu)
+        y, nu, z = _restore_face(data, chosen, y, nu, data.rows(y), tol)
+        k = kkt_residual(data, x, y, nu, sx, z)
+        if best is None:
+            best = [y, nu, k]
+        else:
+            won = k < best[2]
+            best = [torch.where(won[:, None], y, best[0]), torch.where(won[:, None], nu, best[1]), torch.minimum(k, best[2])]
+        if bool((best[2] <= tol).all()):
+            break
+        violated = ~data.eq & (z - data.c > tol * data.primal_scale(y)[:, None])
+        negative = torch.where(chosen & ~data.eq, nu, torch.zeros_like(nu))
+        worst = negative.argmin(-1, keepdim=True)
+        drop = torch.zeros_like(chosen).scatter_(1, worst, negative.gather(1, worst) < 0)
+        chosen = (chosen | violated) & ~drop
+    return best[0], best[1], best[2]
+
+
+def _restore_face(data: PolyhedronData, chosen, y, nu, z, tol):
+    """One feasibility-restoring correction on the face ``chosen``:
+    ``y ← y − Cᵀw``, ``ν ← ν + w`` with ``W G W w = W (C y − c)`` (minimum norm), for the samples
+    whose primal residual on the chosen rows exceeds ``10⁻³·tol`` of the set's scale.
+
+    ``y = x − Cᵀν`` inherits rounding at the scale of ``x``; ``C y − c`` is formed from numbers
+    at the set's scale, so the correction is accurate at that scale (one step of iterative
+    refinement in the primal space).  Returns ``(y, ν, C y)``."""
+    r = (z - data.c) * chosen
+    bad = (r.abs().amax(-1) > 1e-3 * tol * data.primal_scale(y)).nonzero().flatten()
+    if bad.numel():
+        di = data.take(bad)
+        w, _ = solve_consistent(di.G, chosen[bad], r[bad])
+        y, nu, z = y.clone(), nu.clone(), z.clone()
+        y[bad] = y[bad] - di.combine(w)
+        nu[bad] = nu[bad] + w
+        z[bad] = di.rows(y[bad])
+    return y, nu, z
+
+
+def _anchored_multiplier(data, x, sx, y_p, z_p, nu, support, max_drops: int = 4):
     """The multiplier of ``y_p`` nearest to ``nu`` on the rows ``support``:
     ``ν_S + (M_S M_Sᵀ)⁺ M_S (x − y_p − M_Sᵀ ν_S)``, exact whenever ``x − y_p ∈ range(M_Sᵀ)``.
 
     With dependent rows the correction can push small multipliers below zero; those rows leave
     the support (a multiplier of 0 is as valid as any while the remaining rows still span
     ``x − y_p``) and the correction is recomputed, up to ``max_drops`` times.  Returns the
-    multiplier and its absolute KKT residual."""
+    multiplier and its relative KKT residual."""
     support = support.clone()
     best, best_res = None, None
     for _ in range(max_drops + 1):
         nu_s = nu * support
-        fix, _ = solve_consistent(data.G, support, (zx - z_p - data.rows(data.combine(nu_s))) * support)
+        fix, _ = solve_consistent(data.G, support, data.rows(x - y_p - data.combine(nu_s)) * support)
         nu_a = nu_s + fix
-        res = kkt_residual(data, x, y_p, nu_a, z_p)
+        res = kkt_residual(data, x, y_p, nu_a, sx, z_p)
         if best is None:
             best, best_res = nu_a, res
         else:
@@ -336,11 +436,13 @@ def _anchored_multiplier(data, x, zx, y_p, z_p, nu, support, max_drops: int = 4)
     return best, best_res
 
 
-def active_rows(data: PolyhedronData, x, y, nu, sx):
+def active_rows(data: PolyhedronData, y, nu):
     """Rows treated as active by the backward: every equality row, and the inequality rows
-    with slack ≤ τ·s or a positive certified multiplier (DESIGN §4, activity tolerance)."""
+    with slack ≤ τ times the set's scale or a positive certified multiplier (DESIGN §4,
+    activity tolerance).  The slack is judged at the set's scale: the polished point is
+    feasible on its face to rounding at that scale, whatever the size of the input."""
     slack = data.c - data.rows(y)
-    return data.eq | (slack <= _ACTIVE_TAU * _scale(sx, y)[:, None]) | (nu > 0)
+    return data.eq | (slack <= _ACTIVE_TAU * data.primal_scale(y)[:, None]) | (nu > 0)
 
 
 def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_iter: int = 500) -> SolveResult:
@@ -373,13 +475,13 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
             viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1)
-            s_y = _scale(ss, ys)
-            # Late rounds (ALM primal residual ≤ √tol relative): the face is (nearly) known and
-            # the extra certificates below are worth their solves.
-            late = viol <= tol**0.5 * s_y
+            # Late rounds (ALM primal residual ≤ √tol relative to the set): the face is
+            # (nearly) known and the extra certificates below are worth their solves.
+            late = viol <= _alm_tolerance(ds, ys, ss, tol**0.5)
+            near = _alm_tolerance(ds, ys, ss, _POLISH_TAU)
             # Polishing depends only on the chosen rows: skip samples whose set is unchanged
             # since their last polish, unless the late-round certificates may now succeed.
-            chosen = polishing_set(ds, r, ns, s_y)
+            chosen = polishing_set(ds, r, ns, near)
             fresh = late | (chosen != last_set[live]).any(-1)
             last_set[live] = chosen
             yp, np_ = ys.clone(), ns.clone()
@@ -395,15 +497,25 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             retry = ((kp > tol) & late).nonzero().flatten()
             if retry.numel():
                 dr = ds.take(retry)
-                alt = polishing_set(dr, r[retry], ns[retry], s_y[retry], use_multipliers=False)
+                alt = polishing_set(dr, r[retry], ns[retry], near[retry], use_multipliers=False)
                 ya, na, ka = polish(dr, xs[retry], zs[retry], ns[retry], ss[retry], tol, alt)
+                won = ka < kp[retry]
+                j = retry[won]
+                yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
+            # Far from the set (inputs ≫ the set's scale) the ALM stalls at a rounding floor
+            # before its multipliers settle, and both guesses can be one row off: a few
+            # primal–dual active-set exchanges on the face finish the job (DESIGN §6, step 5).
+            retry = ((kp > tol) & late).nonzero().flatten()
+            if retry.numel():
+                dr = ds.take(retry)
+                ya, na, ka = _exchange_rows(dr, xs[retry], zs[retry], ss[retry], tol, chosen[retry])
                 won = ka < kp[retry]
                 j = retry[won]
                 yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
             # The ALM pair itself: its stationarity is the inner Newton residual, so once the
             # penalty has closed the primal gap it can certify where an ill-conditioned face
             # solve cannot.
-            ka = kkt_residual(ds, xs, ys, ns, ds.c + r) / s_y
+            ka = kkt_residual(ds, xs, ys, ns, ss, ds.c + r)
             won = ka < kp
             yp, np_, kp = torch.where(won[:, None], ys, yp), torch.where(won[:, None], ns, np_), torch.where(won, ka, kp)
             better = kp < kkt[live]
@@ -420,6 +532,6 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             if live.numel() == 0:
                 break
         y, nu = y_best, nu_best
-    active = active_rows(data, x, y, nu, sx)
+    active = active_rows(data, y, nu)
     converged = (kkt <= tol) & torch.isfinite(y).all(-1)
     return SolveResult(y, active, nu, kkt, steps, converged)

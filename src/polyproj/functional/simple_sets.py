@@ -12,11 +12,17 @@ r"""Exact forward solvers for the sets with threshold structure (no autograd ins
   The threshold is then recomputed from the identified free set
   ``τ = (Σ_F x_i + Σ_L l_i + Σ_U u_i − r)/|F|`` for full accuracy.
 
-Each returns ``(y, active, kkt)`` with ``active`` the inequality rows (in the order of the
-set's canonical polyhedron) that hold with equality and ``kkt`` the relative KKT residual.
-A row counts as active when its slack is at most ``ACTIVE_TAU · max(‖x‖∞, ‖y‖∞)`` — the
-tolerance of the general polyhedron, so that a coordinate left at 1e-17 by rounding is at its
-bound (DESIGN §4: only misclassified *strongly* active rows change J, and these are not).
+Each returns ``(y, active)`` with ``active`` the inequality rows (in the order of the set's
+canonical polyhedron) that hold with equality; the callers (:mod:`polyproj.structured`) judge
+feasibility at the set's scale.  Inputs far larger than the set (‖x‖ ≫ the bounds or the
+total) make ``x − τ`` carry rounding at the scale of ``x``; each projection therefore ends with
+a feasibility-restoring correction on its identified face, computed from ``1ᵀy − r`` or
+``cᵀy − β`` (numbers at the set's scale), so its output is feasible to rounding at the set's
+scale whatever the size of the input.
+A row counts as active when its slack is at most ``ACTIVE_TAU`` times the set's scale plus
+the rounding ``x − τ`` may carry (a few ulps of ‖x‖∞), so that a coordinate left at 1e-17 by
+rounding is at its bound (DESIGN §4: only misclassified *strongly* active rows change J, and
+these are not).
 """
 
 from __future__ import annotations
@@ -24,34 +30,35 @@ from __future__ import annotations
 import torch
 
 from .polyhedron import _ACTIVE_TAU as ACTIVE_TAU
+from .polyhedron import _ROUNDING_ULPS
 
 
-def _scale(x, y):
-    return torch.maximum(x.abs().amax(-1), y.abs().amax(-1)).clamp_min(1e-300)
+def activity_tolerance(x, scale):
+    """Per-sample (N, 1) slack below which a bound counts as active: ``ACTIVE_TAU·scale`` plus a
+    few ulps of ‖x‖∞ (the rounding of ``x − τ``)."""
+    return (ACTIVE_TAU * scale + _ROUNDING_ULPS * torch.finfo(x.dtype).eps * x.abs().amax(-1))[:, None]
 
 
-def _tau(x, y):
-    """Activity tolerance: the general polyhedron's in float64, a few ulps in lower precision."""
-    return max(ACTIVE_TAU, 100 * torch.finfo(x.dtype).eps) * _scale(x, y)[:, None]
-
-
-def project_box(x, lower, upper):
+def project_box(x, lower, upper, scale_of):
     y = torch.minimum(torch.maximum(x, lower), upper)
-    tau = _tau(x, y)
+    tau = activity_tolerance(x, scale_of(y))
     active = torch.cat([y >= upper - tau, y <= lower + tau], -1)  # rows y ≤ u, then −y ≤ −l
-    return y, active, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    return y, active
 
 
-def project_halfspace(x, c, beta):
+def project_halfspace(x, c, beta, scale_of):
+    cc = c @ c
     excess = x @ c - beta
-    y = x - (excess.clamp_min(0) / (c @ c))[:, None] * c
-    active = (beta - y @ c <= _tau(x, y)[:, 0] * c.norm())[:, None]
-    viol = (y @ c - beta).clamp_min(0) / c.norm()
-    return y, active, viol / _scale(x, y)
+    hit = excess > 0
+    y = x - (excess.clamp_min(0) / cc)[:, None] * c
+    # restore: on the boundary, cᵀy − β is recomputed from y (set scale) and removed once more
+    y = y - (torch.where(hit, y @ c - beta, torch.zeros_like(excess)) / cc)[:, None] * c
+    active = (beta - y @ c <= activity_tolerance(x, scale_of(y))[:, 0] * c.norm())[:, None]
+    return y, active
 
 
-def project_simplex(x, total):
-    """Condat's sort-based threshold; ``total > 0``."""
+def project_simplex(x, total, scale_of):
+    """Condat's sort-based threshold; ``total ≥ 0``."""
     n = x.shape[-1]
     u, _ = torch.sort(x, dim=-1, descending=True)
     css = torch.cumsum(u, -1) - total
@@ -59,9 +66,38 @@ def project_simplex(x, total):
     cond = u - css / k > 0
     rho = n - 1 - torch.argmax(cond.flip(-1).to(torch.int8), dim=-1)  # last index where cond holds
     tau = css.gather(1, rho[:, None]) / (rho[:, None] + 1).to(x.dtype)
-    y = (x - tau).clamp_min(0)
-    kkt = (y.sum(-1) - total).abs() / _scale(x, y)
-    return y, y <= _tau(x, y), kkt
+    y = restore_sum(x, (x - tau).clamp_min(0), total, None, None)
+    return y, y <= activity_tolerance(x, scale_of(y))
+
+
+def restore_sum(x, y, total, lower, upper, passes: int = 3):
+    """Feasibility restoration of ``1ᵀy = total`` on the free coordinates (``y > lower`` and
+    ``y < upper``; ``lower = None`` means 0, ``upper = None`` none): ``y_F ← y_F − (1ᵀy − total)/|F|``,
+    clipped to the bounds, repeated while a clip moved a coordinate (at most ``passes`` times).
+    Where no coordinate is free, the one whose breakpoint comes next (the smallest ``x_i − u_i``
+    when the sum is too large, the largest ``x_i − l_i`` when too small) takes the gap.
+    The residual is formed from ``y`` (the set's scale), so this removes the rounding that
+    ``x − τ`` carried at the input's scale."""
+    lo = torch.zeros_like(y) if lower is None else lower.expand_as(y)
+    inf = torch.full_like(y, float("inf"))
+    for _ in range(passes):
+        free = (y > lo) & ((y < upper) if upper is not None else True)
+        gap = y.sum(-1, keepdim=True) - total
+        nF = free.sum(-1, keepdim=True)
+        stuck = (nF == 0) & (gap != 0)
+        if bool(stuck.any()):
+            at_up = (~free & (y > lo)) if upper is not None else torch.zeros_like(free)
+            key = torch.where(gap > 0, torch.where(at_up, x - y, inf), torch.where(y <= lo, lo - x, inf))
+            pick = torch.zeros_like(free).scatter_(1, key.argmin(-1, keepdim=True), True)
+            free = free | (stuck & pick & torch.isfinite(key))
+            nF = free.sum(-1, keepdim=True)
+        step = torch.where(nF > 0, gap / nF.clamp_min(1), torch.zeros_like(gap))
+        moved = y - step * free
+        clipped = torch.maximum(moved, lo) if upper is None else torch.minimum(torch.maximum(moved, lo), upper)
+        y = clipped
+        if not bool((clipped != moved).any()):
+            break
+    return y
 
 
 def capped_threshold(x, lower, upper, total):
@@ -83,7 +119,7 @@ def capped_threshold(x, lower, upper, total):
     return tau.squeeze(1)
 
 
-def project_capped_simplex(x, lower, upper, total):
+def project_capped_simplex(x, lower, upper, total, scale_of):
     tau = capped_threshold(x, lower, upper, total)[:, None]
     y = torch.minimum(torch.maximum(x - tau, lower), upper)
     # exact finish on the identified sets
@@ -93,8 +129,7 @@ def project_capped_simplex(x, lower, upper, total):
     tau_exact = ((x * F).sum(-1, keepdim=True) + fixed - total) / nF.clamp_min(1)
     y_exact = torch.minimum(torch.maximum(x - tau_exact, lower), upper)
     same = ((x - tau_exact > lower) & (x - tau_exact < upper) == F).all(-1, keepdim=True) & (nF > 0)
-    y = torch.where(same, y_exact, y)
-    t = _tau(x, y)
+    y = restore_sum(x, torch.where(same, y_exact, y), total, lower, upper)
+    t = activity_tolerance(x, scale_of(y))
     active = torch.cat([y >= upper - t, y <= lower + t], -1)
-    kkt = (y.sum(-1, keepdim=True) - total).abs().squeeze(-1) / _scale(x, y)
-    return y, active, kkt
+    return y, active
