@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_projection", "certify_projection", "active_system"]
+__all__ = ["reference_projection", "certify_projection", "active_system", "set_scale"]
 
 
 def _dense_data(n, A, a, B, b):
@@ -63,38 +63,60 @@ def reference_projection(x, A=None, a=None, B=None, b=None, *, solver: str = "cl
     raise ValueError(f"solver must be 'clarabel' or 'osqp', got {solver!r}")
 
 
-def active_system(y, A=None, a=None, B=None, b=None, *, scale: float, active_tol: float = 1e-8) -> dict:
-    """The constraints at ``y`` with unit-norm rows: ``"primal"`` (the largest violation, absolute),
-    ``"active"`` (the normalised inequality rows with slack ≤ ``active_tol · scale``, stacked) and
-    ``"B"`` (the normalised equality rows)."""
-    y = np.asarray(y, dtype=np.float64)
+def _normalised(y, A, a, B, b):
     A, a, B, b = _dense_data(y.shape[0], A, a, B, b)
     ra = np.linalg.norm(A, axis=1) if A.shape[0] else np.zeros(0)
     rb = np.linalg.norm(B, axis=1) if B.shape[0] else np.zeros(0)
     ra, rb = np.where(ra > 0, ra, 1.0), np.where(rb > 0, rb, 1.0)
-    slack = (a - A @ y) / ra
-    eq_res = (B @ y - b) / rb
+    return A / ra[:, None], a / ra, B / rb[:, None], b / rb
+
+
+def set_scale(y, A=None, a=None, B=None, b=None) -> float:
+    """The set's scale at ``y``, with unit-norm rows: ``max(‖ |C| |y| ‖∞, ‖c‖∞)`` — the size of the
+    terms a constraint evaluation adds up (what the library's feasibility tolerance is relative to)."""
+    y = np.asarray(y, dtype=np.float64)
+    A, a, B, b = _normalised(y, A, a, B, b)
+    C, c = np.vstack([A, B]), np.concatenate([a, b])
+    return float(max((np.abs(C) @ np.abs(y)).max(initial=0.0), np.abs(c).max(initial=0.0)))
+
+
+def active_system(y, A=None, a=None, B=None, b=None, *, scale: float, active_tol: float = 1e-9) -> dict:
+    """The constraints at ``y`` with unit-norm rows: ``"primal"`` (the largest violation, absolute),
+    ``"active"`` (the normalised inequality rows with slack ≤ ``active_tol · scale``, stacked),
+    their ``"slack"``, and ``"B"`` (the normalised equality rows)."""
+    y = np.asarray(y, dtype=np.float64)
+    A, a, B, b = _normalised(y, A, a, B, b)
+    slack = a - A @ y
+    eq_res = B @ y - b
     primal = max(np.max(-slack, initial=0.0), np.abs(eq_res).max(initial=0.0))
     act = slack <= active_tol * scale
-    return {"primal": primal, "active": A[act] / ra[act][:, None], "B": B / rb[:, None]}
+    return {"primal": primal, "active": A[act], "slack": slack[act], "B": B}
 
 
-def certify_projection(x, y, A=None, a=None, B=None, b=None, *, active_tol: float = 1e-8) -> dict:
-    """Certify ``y = Π_P(x)`` by its own KKT system, independently of any solver.
+def certify_projection(x, y, A=None, a=None, B=None, b=None, *, active_tol: float = 1e-9) -> dict:
+    """Certify ``y = Π_P(x)`` by its own KKT system, independently of any solver, with the
+    library's tolerance semantics.
 
-    Rows with relative slack ≤ ``active_tol`` are taken as active; multipliers ``λ ≥ 0`` on them
-    and free ``μ`` are fitted to ``x − y = A_Iᵀλ + Bᵀμ`` by NNLS (``μ = μ⁺ − μ⁻``).  Returns the
-    relative residuals ``{"primal": ..., "stationarity": ...}`` (scale ``max(‖x‖∞, ‖y‖∞, 1)``),
-    ``"kkt"``, their maximum, ``"n_active"`` and ``"largest_multiplier"`` (relative to the
-    scale).  Complementarity holds by construction (λ only on active rows).
+    * primal: the largest violation of the unit-norm rows relative to the set's scale
+      :func:`set_scale` (floored at ``eps·‖x‖∞``), never to the size of ``x``;
+    * rows with slack ≤ ``active_tol`` times that scale may carry multipliers: ``λ ≥ 0`` on them
+      and free ``μ`` are fitted to ``x − y = A_Iᵀλ + Bᵀμ`` by NNLS (``μ = μ⁺ − μ⁻``);
+      stationarity is the residual of that fit and complementarity the largest ``min(λ_i, slack_i)``,
+      both relative to ``max(‖x‖∞, ‖y‖∞)``.
+
+    Returns ``{"primal", "stationarity", "complementarity", "kkt" (their maximum), "n_active",
+    "largest_multiplier"}`` (the last relative to ``max(‖x‖∞, ‖y‖∞)``).  The default
+    ``active_tol`` equals the library's default tolerance, so a point that is not feasible or
+    not optimal to 1e-9 cannot certify to 1e-9.
     """
     from scipy.optimize import nnls
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    scale = max(np.abs(x).max(initial=0), np.abs(y).max(initial=0), 1.0)
-    rows = active_system(y, A, a, B, b, scale=scale, active_tol=active_tol)
-    primal = rows["primal"] / scale
+    pscale = max(set_scale(y, A, a, B, b), np.finfo(np.float64).eps * np.abs(x).max(initial=0.0), 1e-300)
+    dscale = max(np.abs(x).max(initial=0), np.abs(y).max(initial=0), 1e-300)
+    rows = active_system(y, A, a, B, b, scale=pscale, active_tol=active_tol)
+    primal = rows["primal"] / pscale
     An, Bn = rows["active"], rows["B"]
     basis = np.hstack([An.T, Bn.T, -Bn.T])
     if basis.shape[1]:
@@ -102,6 +124,9 @@ def certify_projection(x, y, A=None, a=None, B=None, b=None, *, active_tol: floa
         stat = np.abs(x - y - basis @ coef).max()
     else:
         coef, stat = np.zeros(0), np.abs(x - y).max()
-    stationarity = stat / scale
-    return {"primal": primal, "stationarity": stationarity, "kkt": max(primal, stationarity),
-            "n_active": int(An.shape[0]), "largest_multiplier": float(coef.max(initial=0.0) / scale)}
+    lam = coef[: An.shape[0]]
+    comp = float(np.minimum(lam, np.maximum(rows["slack"], 0.0)).max(initial=0.0)) / dscale
+    stationarity = stat / dscale
+    return {"primal": primal, "stationarity": stationarity, "complementarity": comp,
+            "kkt": max(primal, stationarity, comp), "n_active": int(An.shape[0]),
+            "largest_multiplier": float(coef.max(initial=0.0) / dscale)}

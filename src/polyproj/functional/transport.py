@@ -38,7 +38,7 @@ import torch
 from .polyhedron import _ACTIVE_TAU, _ROUNDING_ULPS, line_search_root
 
 _SHORTEST_STEP = 2.0**-30  # taken where the exact search finds no decrease representable
-_FIRST_STAGE = 10.0  # continuation: the first stage's input scale, in units of the marginals
+_FIRST_STAGE = 30.0  # continuation: the first stage's input scale, in units of the marginals
 _STAGE_FACTOR = 10.0  # continuation: growth of the input scale per stage
 _STAGE_TOL = 1e-9  # continuation: the accuracy an intermediate stage is solved to
 _KERNEL_FREE_BELOW = 1e-6
