@@ -1,17 +1,25 @@
 """Fuzz the general polyhedron: many random degenerate polyhedra (``tests/problems.py::
-fuzz_instance``), each output certified by its own KKT system (NNLS), and projecting the output
-again must return it (to the solver tolerance; the largest discrepancy is reported).  Counts
-certified / wrong / crashed / refused; writes JSON.
+fuzz_instance``: duplicated, scaled and summed rows, rank-deficient ``B``, rows through a common
+point, set scales 1e-6…1e6), with inputs at 1e-6…1e8 times the set's scale, in float64 and
+float32.
 
-    python benchmarks/fuzz_polyhedron.py [--count 10000] [--seed 0] [--dtype float64]
+* float64 outputs are certified by their own KKT system (``polyproj.testing.certify_projection``:
+  NNLS multipliers, feasibility relative to the set's scale), independently of the solver, and
+  projecting the output again must return it;
+* float32 outputs must satisfy ``P.contains(y)`` at the dtype's default tolerance (4 ulps of the
+  set's scale) and equal the float64 projection of the same input, rounded.
+
+Counts certified / wrong / crashed / refused per input scale; writes JSON.
+
+    python benchmarks/fuzz_polyhedron.py [--count 10000] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -19,60 +27,82 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import polyproj as pp  # noqa: E402
-from polyproj.testing import certify_projection  # noqa: E402
+from _common import commit, versions, write_json  # noqa: E402
+from polyproj.testing import certify_projection, set_scale  # noqa: E402
 from problems import fuzz_instance  # noqa: E402
+
+RATIOS = [10.0**k for k in range(-6, 9)]
+CERT_TOL = 1e-9
+
+
+def check(A, a, B, b, X, dtype):
+    """``(kind, detail)`` for one instance: kind is certified / wrong / refused / crashed."""
+    try:
+        P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,
+                          B=B if B.shape[0] else None, b=b if B.shape[0] else None)
+        y = pp.project(torch.tensor(X, dtype=dtype), P)
+        if dtype == torch.float32:
+            y64 = pp.project(torch.tensor(X, dtype=torch.float32).double(), P)
+            ok = bool(P.contains(y).all()) and torch.equal(y, y64.float())
+            return ("certified" if ok else "wrong"), {"relative_violation": float(P.violation(y, relative=True).max())}
+        y2 = pp.project(y, P)
+    except (pp.ConvergenceError, pp.InfeasibleError) as err:
+        return "refused", {"error": str(err)[:200]}
+    except Exception as err:  # noqa: BLE001 - a crash is a finding
+        return "crashed", {"error": f"{type(err).__name__}: {str(err)[:200]}"}
+    yn = y.numpy()
+    worst = max(certify_projection(xk, yk, A, a, B, b)["kkt"] for xk, yk in zip(X, yn))
+    # a point feasible to tol·(set scale) moves by at most about that much when projected again
+    scale = max(max(set_scale(yk, A, a, B, b) for yk in yn), float(y.abs().max()), 1e-300)
+    twice = float((y2 - y).abs().max()) / scale
+    ok = worst <= CERT_TOL and twice <= CERT_TOL
+    return ("certified" if ok else "wrong"), {"certified_kkt": worst, "twice": twice}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--count", type=int, default=10000, help="instances per dtype")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    dtype = getattr(torch, args.dtype)
-    cert_tol = 1e-8 if dtype == torch.float64 else 1e-5
-    counts = {"certified": 0, "wrong": 0, "crashed": 0, "refused": 0}
-    failures = []
-    worst_kkt = worst_twice = 0.0
+    table = defaultdict(lambda: {"certified": 0, "wrong": 0, "crashed": 0, "refused": 0})
+    failures, worst = [], {"certified_kkt": 0.0, "twice": 0.0, "relative_violation_float32": 0.0}
     t0 = time.perf_counter()
-    for k in tqdm(range(args.count), desc="fuzz"):
+    for k in tqdm(range(args.count), desc="polyhedron fuzz"):
         rng = np.random.default_rng([args.seed, k])
-        A, a, B, b, X = fuzz_instance(rng)
-        try:
-            P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,
-                              B=B if B.shape[0] else None, b=b if B.shape[0] else None)
-            y = pp.project(torch.tensor(X, dtype=dtype), P)
-            y2 = pp.project(y, P)
-        except (pp.ConvergenceError, pp.InfeasibleError) as err:
-            counts["refused"] += 1
-            failures.append({"case": k, "kind": "refused", "error": str(err)[:200]})
-            continue
-        except Exception as err:  # noqa: BLE001 - a crash is a finding
-            counts["crashed"] += 1
-            failures.append({"case": k, "kind": "crashed", "error": f"{type(err).__name__}: {str(err)[:200]}"})
-            continue
-        yn = y.double().numpy()
-        worst = max(certify_projection(xk, yk, A, a, B, b)["kkt"] for xk, yk in zip(X, yn))
-        scale = max(1.0, float(np.abs(X).max()))
-        twice = float((y2.double() - y.double()).abs().max()) / scale
-        worst_kkt, worst_twice = max(worst_kkt, worst), max(worst_twice, twice)
-        if worst <= cert_tol and twice <= cert_tol:
-            counts["certified"] += 1
-        else:
-            counts["wrong"] += 1
-            failures.append({"case": k, "kind": "wrong", "certified_kkt": worst, "twice": twice})
+        ratio = RATIOS[int(rng.integers(len(RATIOS)))]
+        A, a, B, b, X = fuzz_instance(rng, input_ratio=ratio)
+        for dtype in (torch.float64, torch.float32):
+            kind, detail = check(A, a, B, b, X, dtype)
+            name = str(dtype).removeprefix("torch.")
+            table[(name, ratio)][kind] += 1
+            if dtype == torch.float64 and kind == "certified":
+                worst["certified_kkt"] = max(worst["certified_kkt"], detail["certified_kkt"])
+                worst["twice"] = max(worst["twice"], detail["twice"])
+            if dtype == torch.float32 and "relative_violation" in detail:
+                worst["relative_violation_float32"] = max(worst["relative_violation_float32"], detail["relative_violation"])
+            if kind != "certified":
+                failures.append({"case": k, "dtype": name, "input_ratio": ratio, "kind": kind, **detail})
     seconds = time.perf_counter() - t0
-    print(f"{args.count} fuzzed polyhedra ({args.dtype}), {seconds:.0f} s: {counts}; worst certified KKT "
-          f"{worst_kkt:.1e}, worst |Π(Π(x)) − Π(x)| / scale {worst_twice:.1e}")
+    totals = {kind: sum(row[kind] for row in table.values()) for kind in ("certified", "wrong", "crashed", "refused")}
+    print(f"{args.count} fuzzed polyhedra × 2 dtypes, {seconds:.0f} s: {totals}")
+    print(f"worst certified KKT (float64) {worst['certified_kkt']:.1e}; |Π(Π(x)) − Π(x)| / set scale {worst['twice']:.1e}; "
+          f"worst float32 relative violation {worst['relative_violation_float32']:.1e}")
+    print("| dtype | input / set scale | certified | wrong | crashed | refused |\n|---|---:|---:|---:|---:|---:|")
+    for (name, ratio), row in sorted(table.items()):
+        print(f"| {name} | {ratio:.0e} | {row['certified']} | {row['wrong']} | {row['crashed']} | {row['refused']} |")
     for f in failures[:20]:
         print("  ", f)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"fuzz_polyhedron_{args.dtype}.json").write_text(json.dumps(
-        {"count": args.count, "seed": args.seed, "dtype": args.dtype, "counts": counts, "seconds": seconds,
-         "worst_certified_kkt": worst_kkt, "worst_twice": worst_twice, "failures": failures}, indent=1))
+    write_json(args.out / "fuzz_polyhedron.json", {
+        "meta": {"commit": commit(), "seed": args.seed, "count": args.count, "seconds": seconds,
+                 "certificate_tol": CERT_TOL, "versions": versions("polyproj", "scipy")},
+        "counts": totals, "worst": worst,
+        "by_scale": [{"dtype": name, "input_ratio": ratio, **row} for (name, ratio), row in sorted(table.items())],
+        "failures": failures})
+    print(f"wrote {args.out / 'fuzz_polyhedron.json'}")
 
 
 if __name__ == "__main__":

@@ -79,10 +79,11 @@ def random_instance(rng, n=10, m=12, p=2, batch=8, spread=3.0):
     return A, a, B, b, X
 
 
-def fuzz_instance(rng, *, max_n: int = 8, max_m: int = 14):
+def fuzz_instance(rng, *, max_n: int = 8, max_m: int = 14, input_ratio: float | None = None):
     """A random polyhedron with degenerate features drawn at random — duplicated, scaled and
     summed rows, rank-deficient ``B``, rows through a common point (weakly/strongly active,
-    more than n active), scales 1e-6…1e6 — and points around it.  Always nonempty."""
+    more than n active), scales 1e-6…1e6 — and points around it (at ``input_ratio`` times the
+    set's scale when given, else at 0.1, 1 or 10 times).  Always nonempty."""
     n = int(rng.integers(1, max_n + 1))
     m = int(rng.integers(0, max_m + 1))
     p = int(rng.integers(0, min(3, n) + 1))
@@ -102,5 +103,6 @@ def fuzz_instance(rng, *, max_n: int = 8, max_m: int = 14):
     tight = rng.random(m) < rng.random()
     a = A @ y0 + np.where(tight, 0.0, rng.uniform(0.0, 1.0, m))
     b = B @ y0
-    X = y0 + rng.choice([0.1, 1.0, 10.0]) * rng.standard_normal((4, n))
+    spread = rng.choice([0.1, 1.0, 10.0]) if input_ratio is None else input_ratio
+    X = y0 + spread * rng.standard_normal((4, n))
     return A, a * scale, B, b * scale, X * scale

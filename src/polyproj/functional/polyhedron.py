@@ -389,6 +389,30 @@ def _exchange_rows(data: PolyhedronData, x, zx, sx, tol, chosen, passes: int = 4
     return best[0], best[1], best[2]
 
 
+def _tidy(data: PolyhedronData, x, sx, y, nu, kkt, tol):
+    """Accepted points may violate rows by up to ``tol`` of the set's scale (the face solve moved
+    them across a row it did not hold, or held an inconsistent pair of rows in least squares).
+    For those above ``10⁻³·tol``, face solves on the rows the point is on or beyond
+    (:func:`_exchange_rows`); kept where they certify with a smaller primal violation."""
+    r = data.rows(y) - data.c
+    viol = data.primal_violation(r) / data.primal_scale(y)
+    i = ((viol > 1e-3 * tol) & (kkt <= tol)).nonzero().flatten()
+    if i.numel() == 0:
+        return y, nu, kkt
+    di = data.take(i)
+    # the face the point is on or beyond; rows it has left (slack above τ) are out even with a
+    # positive multiplier — e.g. one of two parallel rows with different right-hand sides, whose
+    # least-squares face solve put the point between them
+    face = data.eq | (-r[i] <= _ACTIVE_TAU * di.primal_scale(y[i])[:, None])
+    yi, ni, ki = _exchange_rows(di, x[i], di.rows(x[i]), sx[i], tol, face, passes=2)
+    vi = di.primal_violation(di.rows(yi) - di.c) / di.primal_scale(yi)
+    won = (ki <= tol) & (vi < viol[i])
+    j = i[won]
+    y, nu, kkt = y.clone(), nu.clone(), kkt.clone()
+    y[j], nu[j], kkt[j] = yi[won], ni[won], ki[won]
+    return y, nu, kkt
+
+
 def _restore_face(data: PolyhedronData, chosen, y, nu, z, tol):
     """One feasibility-restoring correction on the face ``chosen``:
     ``y ← y − Cᵀw``, ``ν ← ν + w`` with ``W G W w = W (C y − c)`` (minimum norm), for the samples
@@ -515,9 +539,11 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             # The ALM pair itself: its stationarity is the inner Newton residual, so once the
             # penalty has closed the primal gap it can certify where an ill-conditioned face
             # solve cannot.
-            ka = kkt_residual(ds, xs, ys, ns, ss, ds.c + r)
+            # It too is made feasible on its face (its primal residual is only ≤ tol).
+            yr, nr, zr = _restore_face(ds, chosen, ys, ns, ds.c + r, tol)
+            ka = kkt_residual(ds, xs, yr, nr, ss, zr)
             won = ka < kp
-            yp, np_, kp = torch.where(won[:, None], ys, yp), torch.where(won[:, None], ns, np_), torch.where(won, ka, kp)
+            yp, np_, kp = torch.where(won[:, None], yr, yp), torch.where(won[:, None], nr, np_), torch.where(won, ka, kp)
             better = kp < kkt[live]
             y_best[live] = torch.where(better[:, None], yp, y_best[live])
             nu_best[live] = torch.where(better[:, None], np_, nu_best[live])
@@ -532,6 +558,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             if live.numel() == 0:
                 break
         y, nu = y_best, nu_best
+        y, nu, kkt = _tidy(data, x, sx, y, nu, kkt, tol)
     active = active_rows(data, y, nu)
     converged = (kkt <= tol) & torch.isfinite(y).all(-1)
     return SolveResult(y, active, nu, kkt, steps, converged)
