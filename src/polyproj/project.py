@@ -24,7 +24,9 @@ class ProjectionInfo:
     active : (..., m) bool tensor, or (..., m, n) for matrix-valued sets
         Inequality constraints active at the output (the set ``I`` of the HS-Jacobian).
     kkt_residual : (...,) float64 tensor
-        Relative KKT residual of the output (see the set's docstring).
+        Relative KKT residual of the output: the larger of its primal violation relative to the
+        set's scale and its stationarity/complementarity residual relative to the input's
+        (:mod:`polyproj.sets`; README, "What tol means").
     iterations : (...,) int64 tensor
         Newton iterations of the forward solver.
     converged : (...,) bool tensor
@@ -87,8 +89,11 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
     P : ConvexSet
         The constraint set, e.g. :class:`polyproj.Polyhedron`.
     tol : float, optional
-        Relative KKT tolerance; default 1e-9 for float64 inputs and 1e-5 for float32.
-        The solves run in float64 whatever the input dtype.
+        Relative KKT tolerance, default 1e-9 for every input dtype: the output violates no
+        constraint by more than ``tol`` times the set's scale (the magnitude of the constraint
+        terms and right-hand sides, never that of ``x``), and stationarity and
+        complementarity hold to ``tol`` relative to ``max(‖x‖∞, ‖y‖∞, ‖x − y‖∞)``.  The solves
+        run in float64 whatever the input dtype; the output is rounded to it.
     max_iter : int
         Newton-iteration budget per point.
     on_failure : {"raise", "warn"}

@@ -389,6 +389,32 @@ def _exchange_rows(data: PolyhedronData, x, zx, sx, tol, chosen, passes: int = 4
     return best[0], best[1], best[2]
 
 
+def _rescaled_face(data: PolyhedronData, x, sx, y, nu, kkt, tol, max_iter):
+    """Face identification at the set's scale, for samples the main iteration left above
+    ``tol`` (inputs ≫ the set's scale, whose ALM stalls at a rounding floor before the face
+    settles).
+
+    ``x − y*`` lies in the normal cone at ``y* = Π(x)``, a cone, so ``x' = y* + t(x − y*)`` has the
+    same projection and face for every ``t > 0``.  With the best point found, ``ŷ ≈ y*``, the
+    input ``x' = ŷ + t(x − ŷ)`` with ``t`` chosen so that ``‖x' − ŷ‖∞`` is the set's scale is
+    projected — a well-scaled problem — and its face, where the error of ``ŷ`` is below the
+    face's margins, is the face of ``y*``.  ``x`` itself is then solved on that face
+    (:func:`_exchange_rows`) and the result certified like any other."""
+    i = (kkt > tol).nonzero().flatten()
+    di = data.take(i)
+    xi, yi = x[i], y[i]
+    d = xi - yi
+    t = (di.primal_scale(yi) / d.abs().amax(-1).clamp_min(1e-300)).clamp(max=1.0)
+    inner = solve_polyhedron(di, yi + t[:, None] * d, tol=tol, max_iter=max_iter, _rescale=False)
+    face = active_rows(di, inner.y, inner.multipliers)
+    ya, na, ka = _exchange_rows(di, xi, di.rows(xi), sx[i], tol, face)
+    won = ka < kkt[i]
+    j = i[won]
+    y, nu, kkt = y.clone(), nu.clone(), kkt.clone()
+    y[j], nu[j], kkt[j] = ya[won], na[won], ka[won]
+    return y, nu, kkt
+
+
 def _tidy(data: PolyhedronData, x, sx, y, nu, kkt, tol):
     """Accepted points may violate rows by up to ``tol`` of the set's scale (the face solve moved
     them across a row it did not hold, or held an inconsistent pair of rows in least squares).
@@ -469,7 +495,8 @@ def active_rows(data: PolyhedronData, y, nu):
     return data.eq | (slack <= _ACTIVE_TAU * data.primal_scale(y)[:, None]) | (nu > 0)
 
 
-def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_iter: int = 500) -> SolveResult:
+def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_iter: int = 500,
+                     _rescale: bool = True) -> SolveResult:
     """Project the rows of ``x`` (N, n), float64, onto the normalised polyhedron ``data``.
 
     Each outer round: semismooth Newton on φ_k, multiplier update, then polishing; a sample
@@ -559,6 +586,10 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
                 break
         y, nu = y_best, nu_best
         y, nu, kkt = _tidy(data, x, sx, y, nu, kkt, tol)
+        for _ in range(2 if _rescale else 0):  # the second round starts from the first's better point
+            if bool((kkt <= tol).all()):
+                break
+            y, nu, kkt = _rescaled_face(data, x, sx, y, nu, kkt, tol, max_iter)
     active = active_rows(data, y, nu)
     converged = (kkt <= tol) & torch.isfinite(y).all(-1)
     return SolveResult(y, active, nu, kkt, steps, converged)
