@@ -6,12 +6,13 @@ original QP and Gaussians at 0.1×, 1× and 10× the data scale — and certifie
 its own KKT system (primal violation, NNLS multipliers on the active rows, stationarity),
 independently of the solver.  Each problem is classified as
 
-* solved — every output certified (relative KKT ≤ 1e-7),
+* solved — every output certified (relative KKT ≤ 1e-7, with the library's tolerance semantics:
+  feasibility row by row at the set's scale, stationarity at the input's),
 * wrong — an output was returned that fails its certificate,
 * crashed — an unexpected exception,
 * refused — an honest ``InfeasibleError`` or ``ConvergenceError``.  A refusal is explained by
   the geometry at the answer: for the worst refused point the Clarabel solution gives the
-  active rows (relative slack ≤ 1e-8), their rank and smallest nonzero singular value, and the
+  active rows (slack ≤ 1e-9 of their row's scale), their rank and smallest nonzero singular value, and the
   largest NNLS multiplier relative to the data scale (huge multipliers on nearly dependent
   active rows are what slows the augmented-Lagrangian multiplier update).
 
@@ -33,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 import polyproj as pp
-from polyproj.testing import active_system, certify_projection, reference_projection
+from polyproj.testing import active_system, certify_projection, reference_projection, row_scales
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maros_meszaros"
 BIG = 1e19
@@ -104,7 +105,7 @@ def diagnose(x, A, a, B, b) -> dict:
     except RuntimeError as err:
         return {"reference": str(err)}
     cert = certify_projection(x, y, *data)
-    rows = active_system(y, *data, scale=max(np.abs(x).max(), np.abs(y).max(), 1.0))
+    rows = active_system(y, *data, scale=row_scales(y, *data))
     M = np.vstack([rows["active"], rows["B"]])
     sv = np.linalg.svd(M, compute_uv=False) if M.shape[0] else np.zeros(0)
     rank = int((sv > 1e-10 * sv.max(initial=0)).sum())

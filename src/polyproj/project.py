@@ -92,7 +92,7 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
         Relative KKT tolerance, default 1e-9 for every input dtype: the output violates no
         constraint by more than ``tol`` times the set's scale (the magnitude of the constraint
         terms and right-hand sides, never that of ``x``), and stationarity and
-        complementarity hold to ``tol`` relative to ``max(‖x‖∞, ‖y‖∞, ‖x − y‖∞)``.  The solves
+        complementarity hold to ``tol`` relative to ``max(‖x‖∞, ‖y‖∞)``.  The solves
         run in float64 whatever the input dtype; the output is rounded to it.
     max_iter : int
         Newton-iteration budget per point.

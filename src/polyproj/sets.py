@@ -21,7 +21,7 @@ What "converged" means (every set, every dtype: the solves run in float64): the 
 largest violation is at most ``tol`` times the set's scale at the output — the magnitude of
 the terms of its constraints and of their right-hand sides, ``max(‖ |C| |y| ‖∞, ‖c‖∞)`` for
 unit-norm rows ``C``, never the magnitude of the input — and, for the iterative solvers,
-stationarity and complementarity hold to ``tol`` relative to ``max(‖x‖∞, ‖y‖∞, ‖x − y‖∞)``.
+stationarity and complementarity hold to ``tol`` relative to ``max(‖x‖∞, ‖y‖∞)``.
 """
 
 from __future__ import annotations
@@ -357,6 +357,11 @@ class _BoundPolyhedron(ConvexSet):
 
     def _violation_scale(self, y):
         return self.data.primal_scale(y)
+
+    def _relative_violation(self, y, x=None):
+        # per row, each against its own scale (PolyhedronData.row_scales)
+        floor = torch.finfo(torch.float64).eps * (x.abs().amax(-1) if x is not None else y.new_ones(y.shape[0]))
+        return self.data.relative_violation(y, floor=floor)
 
     _MAX_LP_CHECKS = 256
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_projection", "certify_projection", "active_system", "set_scale"]
+__all__ = ["reference_projection", "certify_projection", "active_system", "row_scales", "set_scale"]
 
 
 def _dense_data(n, A, a, B, b):
@@ -71,25 +71,34 @@ def _normalised(y, A, a, B, b):
     return A / ra[:, None], a / ra, B / rb[:, None], b / rb
 
 
-def set_scale(y, A=None, a=None, B=None, b=None) -> float:
-    """The set's scale at ``y``, with unit-norm rows: ``max(‖ |C| |y| ‖∞, ‖c‖∞)`` — the size of the
-    terms a constraint evaluation adds up (what the library's feasibility tolerance is relative to)."""
+def row_scales(y, A=None, a=None, B=None, b=None):
+    """Each unit-norm row's scale at ``y``: ``max(|C_i| |y|, |c_i|, ‖y‖∞)`` (inequality rows, then
+    equality rows) — the size of the terms its evaluation adds up, at least the size of the
+    point; what the library's feasibility tolerance is relative to."""
     y = np.asarray(y, dtype=np.float64)
     A, a, B, b = _normalised(y, A, a, B, b)
     C, c = np.vstack([A, B]), np.concatenate([a, b])
-    return float(max((np.abs(C) @ np.abs(y)).max(initial=0.0), np.abs(c).max(initial=0.0)))
+    return np.maximum(np.maximum(np.abs(C) @ np.abs(y), np.abs(c)), np.abs(y).max(initial=0.0))
 
 
-def active_system(y, A=None, a=None, B=None, b=None, *, scale: float, active_tol: float = 1e-9) -> dict:
-    """The constraints at ``y`` with unit-norm rows: ``"primal"`` (the largest violation, absolute),
-    ``"active"`` (the normalised inequality rows with slack ≤ ``active_tol · scale``, stacked),
-    their ``"slack"``, and ``"B"`` (the normalised equality rows)."""
+def set_scale(y, A=None, a=None, B=None, b=None) -> float:
+    """The largest row scale at ``y`` (:func:`row_scales`)."""
+    return float(row_scales(y, A, a, B, b).max(initial=0.0))
+
+
+def active_system(y, A=None, a=None, B=None, b=None, *, scale, active_tol: float = 1e-9) -> dict:
+    """The constraints at ``y`` with unit-norm rows: ``"primal"`` (the largest violation relative
+    to ``scale``, a number or one per row as from :func:`row_scales`), ``"active"`` (the
+    normalised inequality rows with slack ≤ ``active_tol · scale``, stacked), their ``"slack"``
+    relative to their scale, and ``"B"`` (the normalised equality rows)."""
     y = np.asarray(y, dtype=np.float64)
     A, a, B, b = _normalised(y, A, a, B, b)
-    slack = a - A @ y
-    eq_res = B @ y - b
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (A.shape[0] + B.shape[0],))
+    sa, sb = scale[: A.shape[0]], scale[A.shape[0]:]
+    slack = (a - A @ y) / sa
+    eq_res = (B @ y - b) / sb
     primal = max(np.max(-slack, initial=0.0), np.abs(eq_res).max(initial=0.0))
-    act = slack <= active_tol * scale
+    act = slack <= active_tol
     return {"primal": primal, "active": A[act], "slack": slack[act], "B": B}
 
 
@@ -97,19 +106,19 @@ def certify_projection(x, y, A=None, a=None, B=None, b=None, *, active_tol: floa
     """Certify ``y = Π_P(x)`` by its own KKT system, independently of any solver, with the
     library's tolerance semantics.
 
-    * primal: the largest violation of the unit-norm rows relative to the set's scale
-      :func:`set_scale` (floored at ``eps·‖x‖∞``), never to the size of ``x``;
-    * rows with slack ≤ ``active_tol`` times that scale may carry multipliers: ``λ ≥ 0`` on them
+    * primal: the largest violation of a unit-norm row relative to that row's scale
+      (:func:`row_scales`, floored at ``eps·‖x‖∞``), never to the size of ``x``;
+    * rows with slack ≤ ``active_tol`` times their scale may carry multipliers: ``λ ≥ 0`` on them
       and free ``μ`` are fitted to ``x − y = A_Iᵀλ + Bᵀμ`` by NNLS (``μ = μ⁺ − μ⁻``);
-      stationarity is the residual of that fit and complementarity the largest ``min(λ_i, slack_i)``,
-      both relative to ``max(‖x‖∞, ‖y‖∞)``.
+      stationarity is the residual of that fit relative to ``max(‖x‖∞, ‖y‖∞)``, and
+      complementarity the largest ``min(λ_i, slack_i)`` with each multiplier relative to that
+      scale and each slack to its row's.
 
     Returns ``{"primal", "stationarity", "complementarity", "kkt" (their maximum), "n_active",
     "largest_multiplier"}`` (the last relative to ``max(‖x‖∞, ‖y‖∞)``).  The default
     ``active_tol`` equals the library's default tolerance, so a point that is not feasible or
     not optimal to 1e-9 cannot certify to 1e-9.
     """
-
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     # A row whose slack is just below the activity threshold may take a multiplier that costs
@@ -121,10 +130,10 @@ def certify_projection(x, y, A=None, a=None, B=None, b=None, *, active_tol: floa
 def _certify(x, y, A, a, B, b, active_tol):
     from scipy.optimize import nnls
 
-    pscale = max(set_scale(y, A, a, B, b), np.finfo(np.float64).eps * np.abs(x).max(initial=0.0), 1e-300)
+    pscale = np.maximum(row_scales(y, A, a, B, b), max(np.finfo(np.float64).eps * np.abs(x).max(initial=0.0), 1e-300))
     dscale = max(np.abs(x).max(initial=0), np.abs(y).max(initial=0), 1e-300)
     rows = active_system(y, A, a, B, b, scale=pscale, active_tol=active_tol)
-    primal = rows["primal"] / pscale
+    primal = rows["primal"]
     An, Bn = rows["active"], rows["B"]
     basis = np.hstack([An.T, Bn.T, -Bn.T])
     if basis.shape[1]:
@@ -133,7 +142,7 @@ def _certify(x, y, A, a, B, b, active_tol):
     else:
         coef, stat = np.zeros(0), np.abs(x - y).max()
     lam = coef[: An.shape[0]]
-    comp = float(np.minimum(lam, np.maximum(rows["slack"], 0.0)).max(initial=0.0)) / dscale
+    comp = float(np.minimum(lam / dscale, np.maximum(rows["slack"], 0.0)).max(initial=0.0))
     stationarity = stat / dscale
     return {"primal": primal, "stationarity": stationarity, "complementarity": comp,
             "kkt": max(primal, stationarity, comp), "n_active": int(An.shape[0]),

@@ -50,11 +50,14 @@ Algorithm
 Convergence criterion (what ``info.kkt_residual`` reports), stated as OSQP and Clarabel state
 theirs, with unit-norm rows ``C = [A; B]``, ``c = [a; b]``: the relative KKT residual is the larger of
 
-* primal: ``‖(Cy − c)_ineq,+ , (Cy − c)_eq‖∞ / max(‖ |C| |y| ‖∞, ‖c‖∞)`` — judged at the scale
-  of the *set* (its right-hand sides and the terms of ``C y``), never at the scale of ``x``, so a
-  far-away input cannot loosen feasibility;
-* dual: ``max(‖y − x + Cᵀν‖∞, max_i min(λ_i, a_i − A_i y)_+, ‖λ_-‖∞) / max(‖x‖∞, ‖y‖∞, ‖Cᵀν‖∞)``
-  (stationarity, complementarity, dual feasibility), at the scale of the input.
+* primal: ``max_i violation_i / max(|C_i| |y|, |c_i|, ‖y‖∞)`` — each row judged at its own
+  scale in the *set* (its right-hand side and the terms of ``C_i y``, at least the size of the
+  point), never at the scale of ``x``, so a far-away input cannot loosen feasibility, nor a
+  far-away row with a huge right-hand side the others;
+* dual: stationarity ``‖y − x + Cᵀν‖∞`` and dual feasibility ``‖λ_-‖∞`` relative to
+  ``max(‖x‖∞, ‖y‖∞)`` (the scale of the input), and complementarity ``max_i min(λ_i, s_i)`` with
+  each multiplier relative to that scale and each slack ``s_i = a_i − A_i y`` relative to the
+  set's: a row with a multiplier above tolerance must be tight at the set's scale.
 
 A point is accepted when this is ≤ ``tol``.  Because the polished point is made feasible on its
 face by a correction computed from ``C y − c`` (numbers at the set's scale, whatever the size
@@ -131,14 +134,27 @@ class PolyhedronData:
         return PolyhedronData(self.C.to(device), self.c.to(device), self.m, self.G.to(device), self.eq.to(device),
                               self.absC.to(device))
 
-    def primal_scale(self, y: torch.Tensor) -> torch.Tensor:
-        """The set's scale at ``y`` (N, n): ``max(‖ |C| |y| ‖∞, ‖c‖∞)`` per sample — the size of the
-        terms a constraint evaluation ``C y − c`` adds up, so its rounding is relative to it."""
-        if self.K == 0:
-            return y.new_ones(y.shape[0])
+    def row_scales(self, y: torch.Tensor) -> torch.Tensor:
+        """The scale of each constraint at ``y`` (N, n) → (N, K): ``max(|C_i| |y|, |c_i|, ‖y‖∞)`` —
+        the size of the terms the evaluation ``C_i y − c_i`` adds up (so its rounding is relative
+        to it), at least the size of the point.  A row's violation is judged against its own
+        scale: a far-away row with a huge right-hand side does not loosen the others."""
         ay = y.abs()
         terms = (self.absC @ ay.unsqueeze(-1)).squeeze(-1) if self.per_sample_matrix else ay @ self.absC.T
-        return torch.maximum(terms.amax(-1), self.c.abs().amax(-1)).clamp_min(1e-300)
+        return torch.maximum(torch.maximum(terms, self.c.abs()), ay.amax(-1, keepdim=True)).clamp_min(1e-300)
+
+    def primal_scale(self, y: torch.Tensor) -> torch.Tensor:
+        """The largest row scale per sample (:meth:`row_scales`), 1 without rows."""
+        return self.row_scales(y).amax(-1) if self.K else y.new_ones(y.shape[0])
+
+    def relative_violation(self, y: torch.Tensor, r: torch.Tensor | None = None, floor=None) -> torch.Tensor:
+        """``max_i violation_i / scale_i`` per sample (``r = C y − c`` if known; ``floor``: a
+        per-sample lower bound on the scales)."""
+        if self.K == 0:
+            return y.new_zeros(y.shape[0])
+        r = self.rows(y) - self.c if r is None else r
+        scale = self.row_scales(y) if floor is None else torch.maximum(self.row_scales(y), floor[:, None])
+        return (torch.where(self.eq, r.abs(), r.clamp_min(0)) / scale).amax(-1)
 
     def primal_violation(self, r: torch.Tensor) -> torch.Tensor:
         """Largest violation per sample from the residual ``r = C y − c`` (N, K)."""
@@ -160,22 +176,25 @@ class SolveResult:
 def kkt_residual(data: PolyhedronData, x, y, nu, sx, z=None):
     """Relative KKT residual per sample of the point y (z = C y) with multipliers nu (module
     docstring): the primal violation relative to the set's scale and the stationarity,
-    complementarity and dual infeasibility relative to ``max(‖x‖∞, ‖y‖∞, ‖Cᵀν‖∞)`` (``sx`` =
+    complementarity and dual infeasibility relative to ``max(‖x‖∞, ‖y‖∞)`` (``sx`` =
     ``‖x‖∞``).  NaN anywhere gives +inf."""
     if z is None:
         z = data.rows(y)
-    combined = data.combine(nu)
-    stat = (y - x + combined).abs().amax(-1)
-    dscale = torch.maximum(_scale(sx, y), combined.abs().amax(-1))
+    stat = (y - x + data.combine(nu)).abs().amax(-1)
+    # (not ‖Cᵀν‖: huge multipliers that nearly cancel would scale their own residual away)
+    dscale = _scale(sx, y)
     if data.K == 0:
         return (stat / dscale).nan_to_num(float("inf"))
     r = z - data.c
-    comp_dual = torch.where(data.eq, torch.zeros_like(nu), torch.maximum(torch.minimum(nu, -r), -nu).clamp_min(0))
-    dual = torch.maximum(stat, comp_dual.amax(-1)) / dscale
     # (the floor eps·‖x‖∞ only matters for sets of scale 0 — cones — at y ≈ 0, where the
     # rounding of y = x − Cᵀν leaves nothing to be relative to)
-    pscale = torch.maximum(data.primal_scale(y), torch.finfo(y.dtype).eps * sx)
-    primal = data.primal_violation(r) / pscale
+    pscale = torch.maximum(data.row_scales(y), torch.finfo(y.dtype).eps * sx[:, None])
+    primal = (torch.where(data.eq, r.abs(), r.clamp_min(0)) / pscale).amax(-1)
+    # complementarity: each multiplier relative to the input's scale, each slack to its row's
+    ineq = ~data.eq
+    lam, slack = nu / dscale[:, None], -r / pscale
+    comp_dual = torch.where(ineq, torch.maximum(torch.minimum(lam, slack), -lam).clamp_min(0), torch.zeros_like(nu))
+    dual = torch.maximum(stat / dscale, comp_dual.amax(-1))
     return torch.maximum(primal, dual).nan_to_num(float("inf"))
 
 
@@ -300,17 +319,17 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
 
 
 def _alm_tolerance(data: PolyhedronData, y, sx, rel):
-    """``rel`` times the set's scale at the ALM iterate ``y``, plus the rounding that ``y``
-    carries from being formed at the input's scale ``sx`` (a few ulps of ‖x‖∞): the slack or
-    violation below which an ALM iterate cannot tell a row from active."""
-    return rel * data.primal_scale(y) + _ROUNDING_ULPS * torch.finfo(y.dtype).eps * sx
+    """``rel`` times each row's scale at the ALM iterate ``y`` (N, K), plus the rounding that
+    ``y`` carries from being formed at the input's scale ``sx`` (a few ulps of ‖x‖∞): the slack
+    or violation below which an ALM iterate cannot tell a row from active."""
+    return rel * data.row_scales(y) + _ROUNDING_ULPS * torch.finfo(y.dtype).eps * sx[:, None]
 
 
 def polishing_set(data: PolyhedronData, r, nu, slack_tol, *, use_multipliers: bool = True):
     """Rows fixed to equality by the polishing step at a point with residual ``r = C y − c``:
     every equality row, the inequality rows with slack ≤ ``slack_tol`` (per sample,
     :func:`_alm_tolerance`), and (``use_multipliers``) those with a positive multiplier."""
-    near = -r <= slack_tol[:, None]
+    near = -r <= slack_tol
     return data.eq | near | (nu > 0) if use_multipliers else data.eq | near
 
 
@@ -333,7 +352,7 @@ def polish(data: PolyhedronData, x, zx, nu, sx, tol, chosen, late=None):
     # zero multiplier slightly negative.  Recompute those samples' multipliers by a
     # thresholded pseudo-inverse (exact minimum-norm, no null-space noise).
     r_p = z_p - data.c
-    primal_ok = data.primal_violation(r_p) <= 1e-3 * _POLISH_TAU * data.primal_scale(y_p)
+    primal_ok = data.relative_violation(y_p, r_p) <= 1e-3 * _POLISH_TAU
     noisy = primal_ok & (own > 1e-3 * _POLISH_TAU) & ((nu_p < 0) & ~data.eq).any(-1)
     if bool(noisy.any()):
         i = noisy.nonzero().flatten()
@@ -381,7 +400,7 @@ def _exchange_rows(data: PolyhedronData, x, zx, sx, tol, chosen, passes: int = 4
             best = [torch.where(won[:, None], y, best[0]), torch.where(won[:, None], nu, best[1]), torch.minimum(k, best[2])]
         if bool((best[2] <= tol).all()):
             break
-        violated = ~data.eq & (z - data.c > tol * data.primal_scale(y)[:, None])
+        violated = ~data.eq & (z - data.c > tol * data.row_scales(y))
         negative = torch.where(chosen & ~data.eq, nu, torch.zeros_like(nu))
         worst = negative.argmin(-1, keepdim=True)
         drop = torch.zeros_like(chosen).scatter_(1, worst, negative.gather(1, worst) < 0)
@@ -400,12 +419,17 @@ def _rescaled_face(data: PolyhedronData, x, sx, y, nu, kkt, tol, max_iter):
     projected — a well-scaled problem — and its face, where the error of ``ŷ`` is below the
     face's margins, is the face of ``y*``.  ``x`` itself is then solved on that face
     (:func:`_exchange_rows`) and the result certified like any other."""
-    i = (kkt > tol).nonzero().flatten()
+    # only stragglers whose best point is nearly feasible: an empty set, or one the iteration
+    # is far from solving, gains nothing here
+    near = data.relative_violation(y) <= 1e-3
+    i = ((kkt > tol) & near).nonzero().flatten()
+    if i.numel() == 0:
+        return y, nu, kkt
     di = data.take(i)
     xi, yi = x[i], y[i]
     d = xi - yi
     t = (di.primal_scale(yi) / d.abs().amax(-1).clamp_min(1e-300)).clamp(max=1.0)
-    inner = solve_polyhedron(di, yi + t[:, None] * d, tol=tol, max_iter=max_iter, _rescale=False)
+    inner = solve_polyhedron(di, yi + t[:, None] * d, tol=tol, max_iter=min(max_iter, 100), _rescale=False)
     face = active_rows(di, inner.y, inner.multipliers)
     ya, na, ka = _exchange_rows(di, xi, di.rows(xi), sx[i], tol, face)
     won = ka < kkt[i]
@@ -421,7 +445,7 @@ def _tidy(data: PolyhedronData, x, sx, y, nu, kkt, tol):
     For those above ``10⁻³·tol``, face solves on the rows the point is on or beyond
     (:func:`_exchange_rows`); kept where they certify with a smaller primal violation."""
     r = data.rows(y) - data.c
-    viol = data.primal_violation(r) / data.primal_scale(y)
+    viol = data.relative_violation(y, r)
     i = ((viol > 1e-3 * tol) & (kkt <= tol)).nonzero().flatten()
     if i.numel() == 0:
         return y, nu, kkt
@@ -429,9 +453,9 @@ def _tidy(data: PolyhedronData, x, sx, y, nu, kkt, tol):
     # the face the point is on or beyond; rows it has left (slack above τ) are out even with a
     # positive multiplier — e.g. one of two parallel rows with different right-hand sides, whose
     # least-squares face solve put the point between them
-    face = data.eq | (-r[i] <= _ACTIVE_TAU * di.primal_scale(y[i])[:, None])
+    face = data.eq | (-r[i] <= _ACTIVE_TAU * di.row_scales(y[i]))
     yi, ni, ki = _exchange_rows(di, x[i], di.rows(x[i]), sx[i], tol, face, passes=2)
-    vi = di.primal_violation(di.rows(yi) - di.c) / di.primal_scale(yi)
+    vi = di.relative_violation(yi)
     won = (ki <= tol) & (vi < viol[i])
     j = i[won]
     y, nu, kkt = y.clone(), nu.clone(), kkt.clone()
@@ -448,7 +472,7 @@ def _restore_face(data: PolyhedronData, chosen, y, nu, z, tol):
     at the set's scale, so the correction is accurate at that scale (one step of iterative
     refinement in the primal space).  Returns ``(y, ν, C y)``."""
     r = (z - data.c) * chosen
-    bad = (r.abs().amax(-1) > 1e-3 * tol * data.primal_scale(y)).nonzero().flatten()
+    bad = (r.abs() > 1e-3 * tol * data.row_scales(y)).any(-1).nonzero().flatten()
     if bad.numel():
         di = data.take(bad)
         w, _ = solve_consistent(di.G, chosen[bad], r[bad])
@@ -492,7 +516,7 @@ def active_rows(data: PolyhedronData, y, nu):
     activity tolerance).  The slack is judged at the set's scale: the polished point is
     feasible on its face to rounding at that scale, whatever the size of the input."""
     slack = data.c - data.rows(y)
-    return data.eq | (slack <= _ACTIVE_TAU * data.primal_scale(y)[:, None]) | (nu > 0)
+    return data.eq | (slack <= _ACTIVE_TAU * data.row_scales(y)) | (nu > 0)
 
 
 def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_iter: int = 500,
@@ -528,7 +552,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1)
             # Late rounds (ALM primal residual ≤ √tol relative to the set): the face is
             # (nearly) known and the extra certificates below are worth their solves.
-            late = viol <= _alm_tolerance(ds, ys, ss, tol**0.5)
+            late = (torch.where(data.eq, r.abs(), r) <= _alm_tolerance(ds, ys, ss, tol**0.5)).all(-1)
             near = _alm_tolerance(ds, ys, ss, _POLISH_TAU)
             # Polishing depends only on the chosen rows: skip samples whose set is unchanged
             # since their last polish, unless the late-round certificates may now succeed.
