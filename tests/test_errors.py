@@ -66,7 +66,7 @@ CASES = [
     (lambda: pp.HalfSpace([1.0, np.nan], 1.0), ValueError, r"c must be finite"),
     (lambda: pp.HalfSpace([1.0, 1.0], np.inf), ValueError, r"beta must be finite"),
     (lambda: pp.HalfSpace([1.0, 1.0], "a"), ValueError, r"beta must be a real scalar"),
-    (lambda: pp.Simplex(total=-1.0), pp.InfeasibleError, r"total = -1.0 < 0 is empty"),
+    (lambda: pp.Simplex(total=-1.0), pp.InfeasibleError, r"the simplex is empty: total = -1.0 < 0"),
     (lambda: pp.Simplex(total=float("nan")), ValueError, r"total must be finite"),
     (lambda: pp.CappedSimplex([0.0, 0.0], [0.4, 0.4], 1.0), pp.InfeasibleError, r"outside \[sum\(lower\), sum\(upper\)\]"),
     (lambda: pp.CappedSimplex([0.0, -np.inf], [1.0, 1.0], 1.0), ValueError, r"lower must be finite"),

@@ -34,12 +34,17 @@ def _bounds(lower, upper, what):
     _broadcast("lower and upper", lo.shape[:-1], up.shape[:-1])
     if bool((lo == float("inf")).any()) or bool((up == -float("inf")).any()):
         raise ValueError("lower may not contain +inf and upper may not contain -inf")
-    bad = (lo.detach() > up.detach()).nonzero()
-    if bad.shape[0]:
-        i = tuple(bad[0].tolist())
-        at = i[-1] if len(i) == 1 else i
-        lo_b, up_b = torch.broadcast_tensors(lo.detach(), up.detach())
-        raise InfeasibleError(f"the {what} is empty: lower[{at}] = {float(lo_b[i])} > upper[{at}] = {float(up_b[i])}")
+    lo_b, up_b = torch.broadcast_tensors(lo.detach(), up.detach())
+    if lo_b.ndim <= 1:
+        bad = (lo_b > up_b).nonzero()
+        if bad.shape[0]:
+            i = tuple(bad[0].tolist())
+            at = i[-1] if i else ""
+            raise InfeasibleError(f"the {what} is empty: lower[{at}] = {float(lo_b[i])} > upper[{at}] = {float(up_b[i])}")
+    else:  # per-sample bounds: name the empty samples by batch index
+        _raise_empty_where((lo_b > up_b).any(-1), True, lambda i, where: (
+            f"the {what} is empty{where}: lower > upper at coordinate "
+            f"{int((lo_b[i] > up_b[i]).nonzero()[0])} of sample {i}"))
     n = max(lo.shape[-1] if lo.ndim else -1, up.shape[-1] if up.ndim else -1)
     return lo, up, (n,)
 
@@ -256,50 +261,77 @@ class Box(_VectorSet):
 class HalfSpace(_VectorSet):
     r"""The half-space :math:`\{y : c^\top y \le \beta\}`, ``c ≠ 0``.
 
-    Projection: ``y = x − max(0, cᵀx − β) c/‖c‖²``, exact.
+    Projection: ``y = x − ν c`` with ``ν = max(0, cᵀx − β)/‖c‖²``, exact.
     Backward: ``J = I − ccᵀ/‖c‖²`` when ``cᵀx ≥ β`` (boundary included: P₀ uses the full
-    active set), else ``J = I``.
+    active set), else ``J = I``; for the data (the polyhedron's rule with one row), with
+    ``w = (cᵀg)/‖c‖²`` on active points and 0 elsewhere: ``g_β = w`` and
+    ``g_c = −(ν J g + w y)``.  ``c`` is a vector ``(n,)``; ``beta`` a number or a tensor ``(...)``
+    of per-sample offsets; both may require grad.
 
     >>> import torch, polyproj as pp
     >>> pp.project(torch.tensor([2.0, 2.0]), pp.HalfSpace(torch.tensor([1.0, 1.0]), 2.0))
     tensor([1., 1.])
     """
 
+    _param_event_ndim = {"c": 1, "beta": 0}
+
     def __init__(self, c, beta):
         device = c.device if isinstance(c, torch.Tensor) else torch.device("cpu")
-        self.c = as_tensor(c, "c", device=device, ndim=1)
-        self.beta = _scalar(beta, "beta")
+        self.c = as_tensor(c, "c", device=device, ndim=1, keep_grad=True)
+        self.beta = _scalar_or_batch(beta, "beta", device)
         if self.c.shape[0] < 1:
             raise ValueError("c must have length n >= 1")
-        if not bool((self.c != 0).any()):
+        if not bool((self.c.detach() != 0).any()):
             raise ValueError("c must be nonzero (a zero normal does not define a half-space)")
         self._device = self.c.device
         self.event_shape = (self.c.shape[0],)
+        self.batch_shape = self._batch_of_params("beta")
 
     def to(self, device):
-        return self._moved(device, c=self.c)
+        return self._moved(device, c=self.c, beta=self.beta)
+
+    def _beta(self, dtype):
+        return self._value("beta", dtype)
 
     def _solve(self, x, *, tol, max_iter):
-        y, active = simple_sets.project_halfspace(x, self.c.to(x.dtype), self.beta, self._violation_scale)
-        return self._closed_form(x, y, active, tol, active)
+        c = self._value("c", x.dtype)
+        y, active = simple_sets.project_halfspace(x, c, self._beta(x.dtype), self._violation_scale)
+        sol = self._closed_form(x, y, active, tol, active)
+        if self._grad_names:  # the data's gradients need the point and its multiplier
+            sol.state = (active, y.clone(), ((x - y) @ c) / (c @ c))
+        return sol
 
     def _vjp(self, state, g):
-        return _jacobian.halfspace_product(self.c.to(g.dtype), state[0], g)
+        return _jacobian.halfspace_product(self._value("c", g.dtype), state[0], g)
+
+    def _vjp_with_inputs(self, state, g):
+        active, y, nu = state
+        c = self._value("c", g.dtype)
+        w = active[:, 0] * (g @ c) / (c @ c)
+        jg = g - w[:, None] * c
+        grads = {"beta": w, "c": -(nu[:, None] * jg + w[:, None] * y)}
+        return jg, tuple(sum_to(grads[k], getattr(self, k)) for k in self._grad_names)
 
     def _jacobian(self, state):
-        return _jacobian.halfspace_jacobian(self.c, state[0]).to(torch.float64)
+        return _jacobian.halfspace_jacobian(self._value("c", torch.float64), state[0])
 
     def _violation(self, y):
-        return (y @ self.c - self.beta).clamp_min(0) / self.c.norm()
+        c = self._value("c", y.dtype)
+        return (y @ c - self._beta(y.dtype)).clamp_min(0) / c.norm()
 
     def _violation_scale(self, y):
-        return torch.clamp_min(y.abs() @ self.c.abs(), abs(self.beta)) / self.c.norm()
+        c = self._value("c", y.dtype)
+        beta = torch.as_tensor(self._beta(y.dtype), dtype=y.dtype, device=y.device).abs()
+        return torch.maximum(y.abs() @ c.abs(), beta) / c.norm()
 
     def as_polyhedron(self) -> Polyhedron:
-        return Polyhedron(A=self.c[None], a=torch.tensor([self.beta], dtype=torch.float64, device=self.device))
+        beta = torch.as_tensor(self.beta.detach() if isinstance(self.beta, torch.Tensor) else self.beta,
+                               dtype=torch.float64, device=self.device)
+        return Polyhedron(A=self.c.detach()[None], a=beta.unsqueeze(-1))
 
     def __repr__(self):
-        return f"HalfSpace(n={self.event_shape[0]}, beta={self.beta})"
+        beta = f"beta={self.beta}" if not isinstance(self.beta, torch.Tensor) else "beta=<tensor>"
+        return f"HalfSpace(n={self.event_shape[0]}, {beta})"
 
 
 class Simplex(_VectorSet):
@@ -308,48 +340,69 @@ class Simplex(_VectorSet):
     Projection: ``y = max(x − τ, 0)`` with Condat's sort-based threshold (Math. Program. 2016),
     exact up to rounding, O(n log n) per point, batched.
     Backward: ``J g = s ⊙ (g − (sᵀg)/|S|)``, ``s`` = support ``{y_i > 0}`` (up to the
-    activity tolerance).
-    ``info.active`` has n rows ``−y ≤ 0`` (``y_i = 0``).
+    activity tolerance); for ``total`` (from ``τ = (Σ_S x − r)/|S|``) ``g_r = (sᵀg)/|S|``.
+    ``info.active`` has n rows ``−y ≤ 0`` (``y_i = 0``).  ``total`` is a number or a tensor
+    ``(...)`` of per-sample totals, which may require grad.
 
     >>> import torch, polyproj as pp
     >>> pp.project(torch.tensor([0.8, 0.1]), pp.Simplex())
     tensor([0.8500, 0.1500])
     """
 
+    _param_event_ndim = {"total": 0}
+
     def __init__(self, total=1.0):
-        self.total = _scalar(total, "total")
-        if self.total < 0:
-            raise InfeasibleError(f"the simplex with total = {self.total} < 0 is empty")
+        device = total.device if isinstance(total, torch.Tensor) else torch.device("cpu")
+        self.total = _scalar_or_batch(total, "total", device)
+        self._device = device
         self.event_shape = (-1,)
+        self.batch_shape = self._batch_of_params("total")
+        tot = torch.as_tensor(self.total.detach() if isinstance(self.total, torch.Tensor) else self.total)
+        _raise_empty_where(tot < 0, bool(self.batch_shape), lambda i, where: (
+            f"the simplex is empty{where}: total = {float(tot[i])} < 0"))
 
     def to(self, device):
-        return self._moved(device)
+        return self._moved(device, total=self.total)
+
+    def _total(self, dtype):
+        tot = self._value("total", dtype)
+        return tot if not isinstance(tot, torch.Tensor) or tot.ndim == 0 else tot[:, None]
 
     def _solve(self, x, *, tol, max_iter):
-        y, active = simple_sets.project_simplex(x, self.total, self._violation_scale)
+        y, active = simple_sets.project_simplex(x, self._total(x.dtype), self._violation_scale)
         return self._closed_form(x, y, active, tol, ~active)
 
     def _vjp(self, state, g):
         return _jacobian.face_product(state[0], g)
 
+    def _vjp_with_inputs(self, state, g):
+        s = state[0].to(g.dtype)
+        mean = (s * g).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp_min(1)
+        return s * (g - mean), (sum_to(mean.squeeze(-1), self.total),)
+
     def _jacobian(self, state):
         return _jacobian.face_jacobian(state[0])
 
     def _violation(self, y):
-        return torch.maximum((-y).clamp_min(0).amax(-1), (y.sum(-1) - self.total).abs() / y.shape[-1] ** 0.5)
+        gap = (y.sum(-1, keepdim=True) - self._total(y.dtype)).abs().squeeze(-1)
+        return torch.maximum((-y).clamp_min(0).amax(-1), gap / y.shape[-1] ** 0.5)
 
     def _violation_scale(self, y):
         # rows −y_i ≤ 0 and 1ᵀy/√n = total/√n
-        return torch.maximum(y.abs().amax(-1), torch.clamp_min(y.abs().sum(-1), abs(self.total)) / y.shape[-1] ** 0.5)
+        tot = torch.as_tensor(self._total(y.dtype), dtype=y.dtype, device=y.device).abs().reshape(-1)
+        return torch.maximum(y.abs().amax(-1), torch.maximum(y.abs().sum(-1), tot) / y.shape[-1] ** 0.5)
 
     def as_polyhedron(self, n: int) -> Polyhedron:
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
+        tot = torch.as_tensor(self.total.detach() if isinstance(self.total, torch.Tensor) else self.total,
+                              dtype=torch.float64, device=self.device)
         return Polyhedron(A=-eye, a=torch.zeros(n, dtype=torch.float64, device=self.device),
-                          B=torch.ones(1, n, dtype=torch.float64, device=self.device),
-                          b=torch.tensor([self.total], dtype=torch.float64, device=self.device))
+                          B=torch.ones(1, n, dtype=torch.float64, device=self.device), b=tot.unsqueeze(-1))
 
     def __repr__(self):
-        return f"Simplex(total={self.total})"
+        total = f"total={self.total}" if not isinstance(self.total, torch.Tensor) else "total=<tensor>"
+        batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
+        return f"Simplex({total}{batch})"
 
 
 class CappedSimplex(_VectorSet):
