@@ -37,7 +37,7 @@ CASES = [
     (lambda: pp.Polyhedron(A=[[1.0, 0.0]], a=[-1.0], B=[[1.0, 0.0]], b=[0.0]), pp.InfeasibleError, r"A\[0\].*B\[0\]"),
     # project
     (lambda: pp.project(np.zeros(2), P_OK), ValueError, r"x must be a torch.Tensor"),
-    (lambda: pp.project(torch.zeros(2, dtype=torch.int64), P_OK), ValueError, r"x must have dtype torch.float32 or torch.float64"),
+    (lambda: pp.project(torch.zeros(2, dtype=torch.int64), P_OK), ValueError, r"x must have a floating dtype \(float16, bfloat16, float32 or float64\), got torch.int64"),
     (lambda: pp.project(torch.zeros(3, 3, dtype=F64), P_OK), ValueError, r"x must have shape \(\.\.\., 2\), got \(3, 3\)"),
     (lambda: pp.project(torch.zeros((), dtype=F64), P_OK), ValueError, r"x must have shape"),
     (lambda: pp.project(torch.tensor([0.0, np.nan], dtype=F64), P_OK), ValueError, r"x must be finite"),

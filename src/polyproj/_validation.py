@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | None = None,
@@ -74,11 +74,12 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
 
 
 def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Validate the point(s) to project: a float32/float64 tensor of shape (..., *event_shape)."""
+    """Validate the point(s) to project: a floating-point tensor (float16, bfloat16, float32 or
+    float64) of shape (..., *event_shape)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must have dtype torch.float32 or torch.float64, got {x.dtype}")
+        raise ValueError(f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {x.dtype}")
     k = len(event_shape)
     trailing = tuple(x.shape[x.ndim - k:]) if x.ndim >= k else ()
     if x.ndim < k or any(e != -1 and t != e for t, e in zip(trailing, event_shape)) or (k and min(trailing) < 1):

@@ -18,6 +18,15 @@ class Projection(torch.nn.Module):
     Moving the module (``.to(device)``, ``.cuda()``) moves the set with it.  The last call's
     :class:`polyproj.ProjectionInfo` is kept in ``layer.last_info`` for monitoring.
 
+    Learned constraint data stay live: the tensors the set was built from become the module's
+    (``nn.Parameter`` s as parameters ``data_<name>``, other tensors as buffers), so optimizers,
+    ``state_dict``, ``.to()`` and DDP see them, and a set with data that require grad is
+    rebuilt from their current values at every call::
+
+        a = torch.nn.Parameter(torch.ones(3))
+        layer = pp.Projection(pp.Polyhedron(A=torch.eye(3), a=a))   # a is layer.data_a
+        opt = torch.optim.Adam(layer.parameters())                  # trains a; the next call sees it
+
     Example
     -------
     >>> import torch, polyproj as pp
@@ -37,16 +46,35 @@ class Projection(torch.nn.Module):
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
         self.last_info = None
+        # The set's tensor data become the module's: parameters (nn.Parameter) are trained and
+        # read at every call, other tensors are buffers; both follow .to(), state_dict and DDP.
+        self._data_names = {}
+        for name, value in P._init_args.items():
+            if isinstance(value, torch.nn.Parameter):
+                self.register_parameter(f"data_{name}", value)
+            elif isinstance(value, torch.Tensor):
+                self.register_buffer(f"data_{name}", value)
+            else:
+                continue
+            self._data_names[name] = f"data_{name}"
+        self._live = any(isinstance(v, torch.Tensor) and v.requires_grad for v in P._init_args.values())
+
+    def current_set(self) -> ConvexSet:
+        """The set built from the module's current data (the learned values of this step)."""
+        if not self._live:
+            return self.set
+        return self.set._rebuild({name: getattr(self, attr) for name, attr in self._data_names.items()})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, self.last_info = project(x, self.set, tol=self.tol, max_iter=self.max_iter,
+        y, self.last_info = project(x, self.current_set(), tol=self.tol, max_iter=self.max_iter,
                                     on_failure=self.on_failure, return_info=True)
         return y
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        probe = fn(torch.zeros((), device=self.set.device))
-        self.set = self.set.to(probe.device)
+        if not self._live:
+            probe = fn(torch.zeros((), device=self.set.device))
+            self.set = self.set.to(probe.device)
         return out
 
     def extra_repr(self) -> str:

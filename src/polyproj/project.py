@@ -53,7 +53,10 @@ def _run(x, pset, tol, max_iter, on_failure):
     # Every set solves in float64 whatever the input dtype: a threshold x − τ formed in float32
     # loses the set's scale as soon as ‖x‖ is a few hundred times larger than it.
     flat = flat.to(torch.float64)
-    y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, bound, tol, max_iter, *bound._grad_inputs())
+    # Inside an autocast region the solve stays in float64 (no op of it may be downcast); the
+    # output comes back in the input's dtype, as autocast users expect.
+    with torch.autocast(device_type=flat.device.type, enabled=False):
+        y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, bound, tol, max_iter, *bound._grad_inputs())
     info = ProjectionInfo(
         active=active.reshape(*batch, *active.shape[1:]),
         kkt_residual=kkt.reshape(batch).to(torch.float64),
@@ -84,8 +87,9 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
 
     Parameters
     ----------
-    x : tensor (..., *P.event_shape), float32 or float64
-        Points to project; any leading batch shape.  Same device as ``P``.
+    x : tensor (..., *P.event_shape), float16, bfloat16, float32 or float64
+        Points to project; any leading batch shape.  Same device as ``P``.  Half-precision
+        inputs (and autocast regions) are solved in float64 and the output is rounded back.
     P : ConvexSet
         The constraint set, e.g. :class:`polyproj.Polyhedron`.
     tol : float, optional

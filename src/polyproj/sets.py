@@ -26,6 +26,7 @@ stationarity and complementarity hold to ``tol`` relative to ``max(‖x‖∞, �
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -73,10 +74,40 @@ class SetSolution:
 
 
 class ConvexSet:
-    """Base class of the constraint sets (see the module docstring for the protocol)."""
+    """Base class of the constraint sets (see the module docstring for the protocol).
+
+    A set is a snapshot of its data.  It remembers the arguments it was built from
+    (``_init_args``), so that :class:`polyproj.Projection` can rebuild it from the current
+    values of learned data at every call (:meth:`_rebuild`), and it watches the tensors among
+    them that require grad: if one is changed in place after the set was built (an optimizer
+    step), using the set raises instead of silently projecting onto the old values."""
 
     event_shape: tuple[int, ...]
     batch_shape: tuple[int, ...] = ()
+    _init_args: dict = {}
+    _watched: tuple = ()
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        obj._init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
+        obj._watched = tuple((k, v, v._version) for k, v in obj._init_args.items()
+                             if isinstance(v, torch.Tensor) and v.requires_grad)
+        return obj
+
+    def _rebuild(self, values: dict) -> "ConvexSet":
+        """The same set built from ``values`` in place of some of its tensor arguments."""
+        return type(self)(**{**self._init_args, **values})
+
+    def _check_not_stale(self) -> None:
+        for name, tensor, version in self._watched:
+            if tensor._version != version:
+                raise ValueError(
+                    f"the constraint data {name!r} of this {type(self).__name__} changed in place after the set was "
+                    f"built (an optimizer step?); a set is a snapshot of its data and would keep projecting onto the "
+                    f"old values. Build the set inside forward, or wrap it in polyproj.Projection, which reads "
+                    f"learned data at every call")
 
     @property
     def device(self) -> torch.device:  # pragma: no cover - abstract
@@ -122,6 +153,7 @@ class ConvexSet:
         """Validate points ``(..., *event_shape)`` and flatten them against the set's batch shape
         (differentiably, in their own dtype): returns ``(flat points (N, *event), batch shape,
         bound set)``."""
+        self._check_not_stale()
         y = check_input(y, name, self.event_shape, self.device)
         k = len(self.event_shape)
         event = y.shape[y.ndim - k:]
@@ -302,6 +334,11 @@ class Polyhedron(ConvexSet):
                   for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1))
                   if t.requires_grad}
         return _BoundPolyhedron(data, flat_batch(self._scale, batch, 1), params, math.prod(batch), self.n, batch)
+
+    def _rebuild(self, values: dict) -> "Polyhedron":
+        # rebuilt at every call of a Projection with learned data: emptiness is then detected
+        # when a projection fails (by batch index), not by an LP per call
+        return Polyhedron(**{**self._init_args, **values, "check_feasibility": False})
 
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
