@@ -421,7 +421,7 @@ def _rescaled_face(data: PolyhedronData, x, sx, y, nu, kkt, tol, max_iter):
     (:func:`_exchange_rows`) and the result certified like any other."""
     # only stragglers whose best point is nearly feasible: an empty set, or one the iteration
     # is far from solving, gains nothing here
-    near = data.relative_violation(y) <= 1e-3
+    near = data.primal_violation(data.rows(y) - data.c) <= 1e-3 * data.primal_scale(y)
     i = ((kkt > tol) & near).nonzero().flatten()
     if i.numel() == 0:
         return y, nu, kkt
