@@ -107,3 +107,13 @@ def test_projection_module_moves_its_set():
     # (meta: a device every machine has; moving back would need data)
     assert pp.Projection(pp.Polyhedron(A=A, a=a, B=B, b=b)).to("meta").set.device.type == "meta"
     assert pp.Projection(pp.Simplex()).to("meta").set.device.type == "meta"
+
+
+def test_the_certificate_is_strict():
+    """A point a little inside the set is not the projection of a point outside it; nor is a
+    point whose multiplier sits on a row it has left."""
+    A, a = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1.0, 1.0])
+    x = np.array([3.0, 0.5])
+    assert certify_projection(x, np.array([1.0, 0.5]), A, a)["kkt"] <= 1e-15
+    assert certify_projection(x, np.array([1.0 - 1.5e-8, 0.5]), A, a)["kkt"] > 1e-9
+    assert certify_projection(x, np.array([1.0 - 5e-7, 0.5]), A, a)["kkt"] > 1e-9

@@ -1,0 +1,138 @@
+"""Seeded defects: does the test suite fail when the library is wrong?
+
+Each defect is a small edit of the library's source (a flipped sign, a dropped row, an ignored
+argument, a loosened certificate …).  For each one the script copies ``src/`` to a temporary
+directory, applies the edit, runs the test suite against the copy (``PYTHONPATH`` first, so the
+copy shadows the installed package) and records whether some test failed (the defect is
+*caught*) or the whole suite passed (*missed*).  Run it before each release; every defect must
+be caught.  Prints a table and writes ``scripts/results/seeded_defects.json``.
+
+    python scripts/seeded_defects.py [--only NAME ...] [--timeout 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (name, file under src/polyproj, text to replace, replacement); lists for several edits
+DEFECTS = [
+    ("layer never moves its set", "nn.py",
+     "self.set = self.set.to(probe.device)", "self.set = self.set"),
+    ("info.iterations reported as zeros", "project.py",
+     "iterations=iters.reshape(batch),", "iterations=torch.zeros_like(iters).reshape(batch),"),
+    ("info.kkt_residual reported as zeros", "project.py",
+     "kkt_residual=kkt.reshape(batch).to(torch.float64),", "kkt_residual=torch.zeros_like(kkt).reshape(batch).to(torch.float64),"),
+    ("violation() returns zeros", "sets.py",
+     "out = bound._relative_violation(flat) if relative else bound._violation(flat)",
+     "out = torch.zeros(flat.shape[0], dtype=flat.dtype)"),
+    ("layer ignores its tol", "nn.py",
+     "project(x, self.current_set(), tol=self.tol,", "project(x, self.current_set(), tol=None,"),
+    ("layer ignores on_failure", "nn.py",
+     "on_failure=self.on_failure, return_info=True)", "on_failure=\"raise\", return_info=True)"),
+    ("hs_jacobian ignores tol, max_iter and on_failure", "project.py",
+     "_run(x.detach(), P, tol, max_iter, on_failure)", "_run(x.detach(), P, None, 500, \"raise\")"),
+    ("scipy.sparse input raises", "_validation.py",
+     "value = value.toarray()  # scipy.sparse: the solvers work on dense data",
+     "raise ValueError(f\"{name} must be dense\")"),
+    ("project ignores tol", "project.py",
+     "tol = check_tolerance(tol, x.dtype)", "tol = check_tolerance(None, x.dtype)"),
+    ("wrong sign in the backward", "_jacobian.py",
+     "return g - data.combine(nu), nu", "return g + data.combine(nu), nu"),
+    ("flipped inequality (A y >= a)", "sets.py",
+     "return PolyhedronData.from_rows(C * scale.unsqueeze(-1), c * scale, A.shape[-2]), scale",
+     "return PolyhedronData.from_rows(-C * scale.unsqueeze(-1), -c * scale, A.shape[-2]), scale"),
+    ("backward drops the active inequality rows", "functional/polyhedron.py",
+     "return data.eq | (slack <= _ACTIVE_TAU * data.row_scales(y)) | (nu > 0)", "return data.eq.expand_as(slack)"),
+    ("feasibility restoration disabled", "functional/polyhedron.py",
+     "    if bad.numel():\n        di = data.take(bad)", "    if False:\n        di = data.take(bad)"),
+    ("contains ignores tol", "sets.py",
+     "return self.violation(y, relative=True) <= tol", "return self.violation(y, relative=True) <= 1.0"),
+    ("simplex backward forgets the mean", "_jacobian.py",
+     "return ff * (g - (ff * g).sum(-1, keepdim=True) / count.clamp_min(1))", "return ff * g"),
+    ("transport backward forgets the column duals", "_jacobian.py",
+     "return theta * (G - alpha[:, :, None] - beta[:, None, :]), alpha, beta",
+     "return theta * (G - alpha[:, :, None]), alpha, beta"),
+    ("transportation swaps its marginals", "structured.py",
+     "return self._value(\"row_sums\", torch.float64), self._value(\"col_sums\", torch.float64)",
+     "return self._value(\"col_sums\", torch.float64), self._value(\"row_sums\", torch.float64)"),
+    ("box clips only from above", "functional/simple_sets.py",
+     "y = torch.minimum(torch.maximum(x, lower), upper)", "y = torch.minimum(x, upper)"),
+    ("primal feasibility judged at the input's scale", "functional/polyhedron.py",
+     "pscale = torch.maximum(data.row_scales(y), torch.finfo(y.dtype).eps * sx[:, None])",
+     "pscale = torch.maximum(data.row_scales(y), sx[:, None])"),
+    ("certificate counts rows active within 1e-6 and ignores complementarity", "testing.py",
+     ["for tol in (active_tol, 1e-3 * active_tol)", "\"kkt\": max(primal, stationarity, comp)"],
+     ["for tol in (1e-6,)", "\"kkt\": max(primal, stationarity)"]),
+    ("stale constraint data not detected", "sets.py",
+     "            if tensor._version != version:", "            if False:"),
+    ("half-space data gradient sign", "structured.py",
+     "grads = {\"beta\": w, \"c\": -(nu[:, None] * jg + w[:, None] * y)}",
+     "grads = {\"beta\": -w, \"c\": -(nu[:, None] * jg + w[:, None] * y)}"),
+]
+
+
+def run_suite(src: Path, timeout: float) -> tuple[bool, str, float]:
+    """Run the test suite against the library in ``src``; returns (failed, last line, seconds)."""
+    env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", str(ROOT / "tests")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return True, "timeout (counted as caught: the suite did not pass)", time.perf_counter() - t0
+    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
+    return proc.returncode != 0, (lines[-1] if lines else proc.stderr[-200:]), time.perf_counter() - t0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "results")
+    args = parser.parse_args(argv)
+    defects = [d for d in DEFECTS if not args.only or d[0] in args.only]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # the pristine copy must pass, or a "caught" defect means nothing
+        src = Path(tmp) / "src"
+        shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        failed, last, seconds = run_suite(src, args.timeout)
+        if failed:
+            raise SystemExit(f"the unmodified library fails its suite: {last}")
+        print(f"unmodified library: {last} ({seconds:.0f} s)")
+        for name, rel, old, new in tqdm(defects, desc="seeded defects"):
+            shutil.rmtree(src)
+            shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+            path = src / "polyproj" / rel
+            text = path.read_text()
+            for o, n in zip(*((old, new) if isinstance(old, list) else ([old], [new]))):
+                if text.count(o) != 1:
+                    raise SystemExit(f"defect {name!r}: the text to replace occurs {text.count(o)} times in {rel}")
+                text = text.replace(o, n)
+            path.write_text(text)
+            failed, last, seconds = run_suite(src, args.timeout)
+            rows.append({"defect": name, "file": rel, "caught": failed, "suite": last, "seconds": seconds})
+    print("| seeded defect | caught | suite |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['defect']} | {'yes' if r['caught'] else '**MISSED**'} | {r['suite']} |")
+    caught = sum(r["caught"] for r in rows)
+    print(f"{caught} of {len(rows)} seeded defects caught")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "seeded_defects.json").write_text(json.dumps({"caught": caught, "total": len(rows), "rows": rows}, indent=1))
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
