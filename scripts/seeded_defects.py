@@ -33,7 +33,7 @@ DEFECTS = [
     ("info.iterations reported as zeros", "project.py",
      "iterations=iters.reshape(batch),", "iterations=torch.zeros_like(iters).reshape(batch),"),
     ("info.kkt_residual reported as zeros", "project.py",
-     "kkt_residual=kkt.reshape(batch).to(torch.float64),", "kkt_residual=torch.zeros_like(kkt).reshape(batch).to(torch.float64),"),
+     "kkt_residual=kkt.reshape(batch),", "kkt_residual=torch.zeros_like(kkt).reshape(batch),"),
     ("violation() returns zeros", "sets.py",
      "out = bound._relative_violation(flat) if relative else bound._violation(flat)",
      "out = torch.zeros(flat.shape[0], dtype=flat.dtype)"),
@@ -108,6 +108,8 @@ def main(argv=None):
         # the pristine copy must pass, or a "caught" defect means nothing
         src = Path(tmp) / "src"
         shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        # the CLI finds the experiments beside the package, as in the source checkout
+        (Path(tmp) / "experiments").symlink_to(ROOT / "experiments")
         failed, last, seconds = run_suite(src, args.timeout)
         if failed:
             raise SystemExit(f"the unmodified library fails its suite: {last}")

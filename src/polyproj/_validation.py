@@ -68,12 +68,14 @@ def broadcast_batch(x_batch, set_batch, name: str = "x") -> torch.Size:
 
 
 def check_finite(tensor: torch.Tensor, name: str) -> None:
+    if tensor.device.type == "meta":
+        return
     if tensor.numel() and not bool(torch.isfinite(tensor).all()):
         bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
         raise ValueError(f"{name} must be finite, found {tensor[tuple(bad)].item()} at index {tuple(bad)}")
 
 
-def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device, *, check_values: bool = True) -> torch.Tensor:
     """Validate the point(s) to project: a floating-point tensor (float16, bfloat16, float32 or
     float64) of shape (..., *event_shape)."""
     if not isinstance(x, torch.Tensor):
@@ -85,12 +87,13 @@ def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device
     if x.ndim < k or any(e != -1 and t != e for t, e in zip(trailing, event_shape)) or (k and min(trailing) < 1):
         expected = "(..., " + ", ".join("n" if e == -1 else str(e) for e in event_shape) + ")"
         raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-    if x.device != device and not (x.device.type == device.type and device.index is None):
+    if x.device != device and not (x.device.type == device.type and device.index is None) and x.device.type != "meta":
         raise ValueError(
             f"{name} is on device {x.device} but the constraint set is on {device}; "
             f"move one of them with .to()"
         )
-    check_finite(x.detach(), name)
+    if check_values:
+        check_finite(x.detach(), name)
     return x
 
 

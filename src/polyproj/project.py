@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from ._autograd import ProjectFunction
-from ._errors import ConvergenceError, ConvergenceWarning
+from ._op import apply_projection
 from ._validation import check_choice, check_positive_int, check_tolerance
 from .sets import ConvexSet
 
@@ -45,7 +44,9 @@ class ProjectionInfo:
 def _run(x, pset, tol, max_iter, on_failure):
     if not isinstance(pset, ConvexSet):
         raise ValueError(f"P must be a polyproj constraint set (e.g. polyproj.Polyhedron), got {type(pset).__name__}")
-    flat, batch, bound = pset._flat_points(x, "x")
+    # values are checked in the operator, and the set is bound to the batch there: nothing
+    # here may break a compiled graph
+    flat, batch, _ = pset._flat_points(x, "x", check_values=False, bind=False)
     tol = check_tolerance(tol, x.dtype)
     max_iter = check_positive_int(max_iter, "max_iter")
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
@@ -55,30 +56,18 @@ def _run(x, pset, tol, max_iter, on_failure):
     flat = flat.to(torch.float64)
     # Inside an autocast region the solve stays in float64 (no op of it may be downcast); the
     # output comes back in the input's dtype, as autocast users expect.
-    with torch.autocast(device_type=flat.device.type, enabled=False):
-        y, active, kkt, iters, conv, *state = ProjectFunction.apply(flat, bound, tol, max_iter, *bound._grad_inputs())
+    with torch.autocast(device_type=flat.device.type, enabled=False) if flat.device.type in ("cpu", "cuda") \
+            else contextlib.nullcontext():
+        y, active, kkt, iters, conv, *state = apply_projection(flat, pset, batch, tol, max_iter, on_failure,
+                                                               pset._grad_raw())
     info = ProjectionInfo(
         active=active.reshape(*batch, *active.shape[1:]),
-        kkt_residual=kkt.reshape(batch).to(torch.float64),
+        kkt_residual=kkt.reshape(batch),
         iterations=iters.reshape(batch),
         converged=conv.reshape(batch),
         tol=tol,
     )
-    if not bool(conv.all()):
-        if hasattr(bound, "_raise_if_empty"):
-            # an empty (per-sample) set is an error of the data, not of the solver
-            bound._raise_if_empty((~conv).nonzero().flatten(), batch)
-        bad = (~conv).nonzero().flatten()[:10].tolist()
-        worst = float(kkt[~conv].nan_to_num(float("inf")).max())
-        msg = (
-            f"projection did not reach tol={tol:g} on {int((~conv).sum())} of {conv.numel()} points "
-            f"(flat batch indices {bad}{'…' if (~conv).sum() > 10 else ''}; worst relative KKT residual {worst:.3g}); "
-            f"raise max_iter (now {max_iter}) or tol, or pass on_failure='warn'"
-        )
-        if on_failure == "raise":
-            raise ConvergenceError(msg, info)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-    return y.reshape(*batch, *event).to(x.dtype), info, state, batch, bound
+    return y.reshape(*batch, *event).to(x.dtype), info, state, batch
 
 
 def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 500,
@@ -113,7 +102,7 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
         Jacobian of :math:`\Pi_P` (Bolte & Pauwels 2021).
     info : ProjectionInfo, only if ``return_info``.
     """
-    y, info, _, _, _ = _run(x, P, tol, max_iter, on_failure)
+    y, info, _, _ = _run(x, P, tol, max_iter, on_failure)
     return (y, info) if return_info else y
 
 
@@ -125,6 +114,6 @@ def hs_jacobian(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_
     points are flattened row-major), dtype of ``x``.  Meant for inspection and tests: training
     never forms it (the backward of :func:`project` applies it matrix-free).
     """
-    _, _, state, batch, bound = _run(x.detach(), P, tol, max_iter, on_failure)
-    J = bound._jacobian(tuple(state))
+    _, _, state, batch = _run(x.detach(), P, tol, max_iter, on_failure)
+    J = P._bind(batch)._jacobian(tuple(state))
     return J.reshape(*batch, *J.shape[-2:]).to(x.dtype)

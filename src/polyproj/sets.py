@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import _jacobian
+from . import _op
 from ._errors import InfeasibleError
 from ._feasibility import check_nonempty
 from ._validation import DEFAULT_TOL, as_tensor, broadcast_batch, check_input
@@ -94,13 +95,42 @@ class ConvexSet:
         obj._init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
         obj._watched = tuple((k, v, v._version) for k, v in obj._init_args.items()
                              if isinstance(v, torch.Tensor) and v.requires_grad)
+        obj._handle = _op.register(obj)
         return obj
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_handle", None)  # a handle is local to the process (pickling, deepcopy)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._handle = _op.register(self)
+
+    def _copy(self) -> "ConvexSet":
+        """A shallow copy with its own operator handle (``to``, ``_bind``)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._handle = _op.register(new)
+        return new
+
+    def _grad_raw(self) -> list:
+        """The set's own tensors that require grad, in the order of ``_bind(...)._grad_inputs()``:
+        inputs of the autograd function, so that their gradients reach the user's tensors."""
+        return []
+
+    def _solution_shapes(self, x_shape) -> list:
+        """``[(shape, dtype)]`` of ``active`` and of the backward state of a solve of flat points of
+        shape ``x_shape`` (for fake and meta tensors)."""
+        raise NotImplementedError  # pragma: no cover
 
     def _rebuild(self, values: dict) -> "ConvexSet":
         """The same set built from ``values`` in place of some of its tensor arguments."""
         return type(self)(**{**self._init_args, **values})
 
     def _check_not_stale(self) -> None:
+        if torch.compiler.is_compiling():
+            return
         for name, tensor, version in self._watched:
             if tensor._version != version:
                 raise ValueError(
@@ -149,19 +179,20 @@ class ConvexSet:
         floor = torch.finfo(torch.float64).eps * (x.flatten(1).abs().amax(-1) if x is not None else 1.0)
         return self._violation(y) / torch.clamp_min(torch.maximum(self._violation_scale(y), torch.as_tensor(floor, dtype=y.dtype, device=y.device)), 1e-300)
 
-    def _flat_points(self, y: torch.Tensor, name: str):
+    def _flat_points(self, y: torch.Tensor, name: str, *, check_values: bool = True, bind: bool = True):
         """Validate points ``(..., *event_shape)`` and flatten them against the set's batch shape
         (differentiably, in their own dtype): returns ``(flat points (N, *event), batch shape,
-        bound set)``."""
+        bound set or None when ``bind=False``)``.  ``check_values=False`` leaves the NaN/Inf check to the caller (the
+        projection operator does it, so that a compiled graph does not break here)."""
         self._check_not_stale()
-        y = check_input(y, name, self.event_shape, self.device)
+        y = check_input(y, name, self.event_shape, self.device, check_values=check_values)
         k = len(self.event_shape)
         event = y.shape[y.ndim - k:]
         if hasattr(self, "_validate_event"):
             self._validate_event(event)
         batch = broadcast_batch(y.shape[: y.ndim - k], self.batch_shape, name)
         flat = y.expand(*batch, *event).reshape(-1, *event)
-        return flat, batch, self._bind(batch)
+        return flat, batch, (self._bind(batch) if bind else None)
 
     def violation(self, y: torch.Tensor, *, relative: bool = False) -> torch.Tensor:
         """The largest constraint violation of each point of ``y`` (..., *event_shape), as a
@@ -320,8 +351,7 @@ class Polyhedron(ConvexSet):
         device = torch.device(device)
         if device == self.device:
             return self
-        new = object.__new__(Polyhedron)
-        new.__dict__.update(self.__dict__)
+        new = self._copy()
         new.A, new.a, new.B, new.b = (t.to(device) for t in (self.A, self.a, self.B, self.b))
         new._data, new._scale = self._data.to(device), self._scale.to(device)
         return new
@@ -334,6 +364,9 @@ class Polyhedron(ConvexSet):
                   for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1))
                   if t.requires_grad}
         return _BoundPolyhedron(data, flat_batch(self._scale, batch, 1), params, math.prod(batch), self.n, batch)
+
+    def _grad_raw(self) -> list:
+        return [t for t in (self.A, self.a, self.B, self.b) if t.requires_grad]
 
     def _rebuild(self, values: dict) -> "Polyhedron":
         # rebuilt at every call of a Projection with learned data: emptiness is then detected
@@ -357,6 +390,11 @@ class _BoundPolyhedron(ConvexSet):
     @property
     def device(self):
         return self.data.C.device
+
+    def _solution_shapes(self, x_shape):
+        N, n, K, m = x_shape[0], self.event_shape[0], self.data.K, self.data.m
+        extra = [((N, K), torch.float64), ((N, n), torch.float64)] if self.params else []
+        return [((N, m), torch.bool), ((N, K), torch.bool), *extra]
 
     def _solve(self, x, *, tol, max_iter):
         res = solve_polyhedron(self.data, x, tol=tol, max_iter=max_iter)

@@ -114,8 +114,7 @@ class _ParamSet(ConvexSet):
         grads = tuple(k for k, t in params.items() if t.requires_grad)
         if not self.batch_shape and not grads:
             return self
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new = self._copy()
         for k, t in params.items():
             setattr(new, k, flat_batch(t, batch, self._param_event_ndim[k]) if self.batch_shape else t)
         new.batch_shape = ()
@@ -124,6 +123,9 @@ class _ParamSet(ConvexSet):
 
     def _grad_inputs(self):
         return tuple(getattr(self, k) for k in self._grad_names)
+
+    def _grad_raw(self):
+        return [t for t in self._params().values() if t.requires_grad]
 
     def _value(self, name, dtype):
         """A parameter as the kernels take it: detached, in the working dtype."""
@@ -170,8 +172,7 @@ class _VectorSet(_ParamSet):
                              (self._value("lower", y.dtype) - y).clamp_min(0)).amax(-1)
 
     def _moved(self, device, **tensors):
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new = self._copy()
         for k, v in tensors.items():
             if isinstance(v, torch.Tensor):
                 setattr(new, k, v.to(device))
@@ -220,6 +221,9 @@ class Box(_VectorSet):
         y, active = simple_sets.project_box(x, self._bound_value("lower", x), self._bound_value("upper", x),
                                             self._violation_scale)
         return self._closed_form(x, y, active, tol, active)
+
+    def _solution_shapes(self, x_shape):
+        return [((x_shape[0], 2 * x_shape[1]), torch.bool)] * 2
 
     def _vjp(self, state, g):
         return _jacobian.box_product(self._free(state[0]), g)
@@ -301,6 +305,11 @@ class HalfSpace(_VectorSet):
             sol.state = (active, y.clone(), ((x - y) @ c) / (c @ c))
         return sol
 
+    def _solution_shapes(self, x_shape):
+        N, n = x_shape
+        extra = [((N, n), torch.float64), ((N,), torch.float64)] if self._grad_names else []
+        return [((N, 1), torch.bool), ((N, 1), torch.bool), *extra]
+
     def _vjp(self, state, g):
         return _jacobian.halfspace_product(self._value("c", g.dtype), state[0], g)
 
@@ -371,6 +380,9 @@ class Simplex(_VectorSet):
     def _solve(self, x, *, tol, max_iter):
         y, active = simple_sets.project_simplex(x, self._total(x.dtype), self._violation_scale)
         return self._closed_form(x, y, active, tol, ~active)
+
+    def _solution_shapes(self, x_shape):
+        return [(tuple(x_shape), torch.bool)] * 2
 
     def _vjp(self, state, g):
         return _jacobian.face_product(state[0], g)
@@ -467,6 +479,9 @@ class CappedSimplex(_VectorSet):
             x, self._bound_value("lower", x), self._bound_value("upper", x), self._total(x.dtype), self._violation_scale)
         return self._closed_form(x, y, active, tol, active)
 
+    def _solution_shapes(self, x_shape):
+        return [((x_shape[0], 2 * x_shape[1]), torch.bool)] * 2
+
     def _vjp(self, state, g):
         return _jacobian.face_product(self._free(state[0]), g)
 
@@ -557,8 +572,7 @@ class Transportation(_ParamSet):
         return self._device
 
     def to(self, device):
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new = self._copy()
         new.row_sums, new.col_sums = self.row_sums.to(device), self.col_sums.to(device)
         new._device = torch.device(device)
         return new
@@ -576,6 +590,9 @@ class Transportation(_ParamSet):
         active = transport_active(X, x, self._violation_scale(X))
         kkt = self._relative_violation(X, x)
         return SetSolution(X, active, kkt, iters, kkt <= tol, (~active,))
+
+    def _solution_shapes(self, x_shape):
+        return [(tuple(x_shape), torch.bool)] * 2
 
     def _vjp(self, state, g):
         return _jacobian.transport_product(state[0], g)[0]
@@ -636,8 +653,7 @@ class Birkhoff(Transportation):
         self.event_shape = (-1, -1)
 
     def to(self, device):
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new = self._copy()
         new._device = torch.device(device)
         return new
 
