@@ -260,8 +260,9 @@ class Polyhedron(ConvexSet):
     ``g_A = −(ν (Jg)ᵀ + w yᵀ)`` on the active rows, ``g_B`` likewise; broadcast dimensions
     are summed.  With dependent active rows ``w`` is the minimum-norm solution in the
     row-normalised metric (duplicated rows split the gradient equally, a Clarke element of
-    ``min(a₁, a₂)``).  Build the set inside ``forward`` when its data are learned, so that it
-    sees the current values.
+    ``min(a₁, a₂)``).  Learned data: wrap the set in :class:`polyproj.Projection`, which
+    rebuilds it from the current values at every call (or build it inside ``forward``); a set
+    whose data were changed in place after it was built refuses to project.
 
     Example
     -------
