@@ -93,7 +93,12 @@ def run_suite(src: Path, timeout: float) -> tuple[bool, str, float]:
     except subprocess.TimeoutExpired:
         return True, "timeout (counted as caught: the suite did not pass)", time.perf_counter() - t0
     lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
-    return proc.returncode != 0, (lines[-1] if lines else proc.stderr[-200:]), time.perf_counter() - t0
+    failed = [line.split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ") for line in lines
+              if line.startswith(("FAILED", "ERROR"))]
+    summary = (lines[-1] if lines else proc.stderr[-200:])
+    if failed:
+        summary = f"{failed[0]} ({summary})"
+    return proc.returncode != 0, summary, time.perf_counter() - t0
 
 
 def main(argv=None):
@@ -126,7 +131,7 @@ def main(argv=None):
             path.write_text(text)
             failed, last, seconds = run_suite(src, args.timeout)
             rows.append({"defect": name, "file": rel, "caught": failed, "suite": last, "seconds": seconds})
-    print("| seeded defect | caught | suite |\n|---|---|---|")
+    print("| seeded defect | caught | first failing test (suite) |\n|---|---|---|")
     for r in rows:
         print(f"| {r['defect']} | {'yes' if r['caught'] else '**MISSED**'} | {r['suite']} |")
     caught = sum(r["caught"] for r in rows)
