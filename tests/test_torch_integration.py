@@ -72,3 +72,13 @@ def test_autocast_region_ending_in_a_projection():
     assert y.dtype == torch.bfloat16 and bool(pp.Simplex().contains(y).all())
     (y.float() * torch.arange(4.0)).sum().backward()
     assert net[0].weight.grad is not None and float(net[0].weight.grad.abs().sum()) > 0
+
+
+def test_loading_a_state_dict_changes_the_set():
+    A = torch.eye(2, dtype=F64)
+    layer = pp.Projection(pp.Polyhedron(A=A, a=torch.ones(2, dtype=F64)))
+    x = torch.full((1, 2), 5.0, dtype=F64)
+    assert torch.equal(layer(x), torch.ones(1, 2, dtype=F64))
+    other = pp.Projection(pp.Polyhedron(A=A, a=torch.full((2,), 0.5, dtype=F64)))
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer(x), torch.full((1, 2), 0.5, dtype=F64))

@@ -58,12 +58,21 @@ class Projection(torch.nn.Module):
                 continue
             self._data_names[name] = f"data_{name}"
         self._live = any(isinstance(v, torch.Tensor) and v.requires_grad for v in P._init_args.values())
+        self._built_from = self._data_stamp()
+
+    def _data_stamp(self):
+        return tuple((t.data_ptr(), t._version) for t in (getattr(self, a) for a in self._data_names.values()))
 
     def current_set(self) -> ConvexSet:
-        """The set built from the module's current data (the learned values of this step)."""
-        if not self._live:
-            return self.set
-        return self.set._rebuild({name: getattr(self, attr) for name, attr in self._data_names.items()})
+        """The set built from the module's current data: rebuilt at every call when the data
+        require grad (learned), and whenever a buffer changed (``load_state_dict``, in-place
+        edits) — a set is a snapshot and must not keep projecting onto old values."""
+        if self._live:
+            return self.set._rebuild({name: getattr(self, attr) for name, attr in self._data_names.items()})
+        if not torch.compiler.is_compiling() and self._data_names and self._data_stamp() != self._built_from:
+            self.set = self.set._rebuild({name: getattr(self, attr) for name, attr in self._data_names.items()})
+            self._built_from = self._data_stamp()
+        return self.set
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, self.last_info = project(x, self.current_set(), tol=self.tol, max_iter=self.max_iter,
@@ -75,6 +84,7 @@ class Projection(torch.nn.Module):
         if not self._live:
             probe = fn(torch.zeros((), device=self.set.device))
             self.set = self.set.to(probe.device)
+            self._built_from = self._data_stamp()
         return out
 
     def extra_repr(self) -> str:
