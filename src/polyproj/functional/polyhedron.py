@@ -590,11 +590,16 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             # The ALM pair itself: its stationarity is the inner Newton residual, so once the
             # penalty has closed the primal gap it can certify where an ill-conditioned face
             # solve cannot.
-            # It too is made feasible on its face (its primal residual is only ≤ tol).
-            yr, nr, zr = _restore_face(ds, chosen, ys, ns, ds.c + r, tol)
-            ka = kkt_residual(ds, xs, yr, nr, ss, zr)
-            won = ka < kp
-            yp, np_, kp = torch.where(won[:, None], yr, yp), torch.where(won[:, None], nr, np_), torch.where(won, ka, kp)
+            # It too is made feasible on its face (its primal residual is only ≤ tol); only
+            # tried where the polished point did not certify.
+            retry = (kp > tol).nonzero().flatten()
+            if retry.numel():
+                dr = ds.take(retry)
+                yr, nr, zr = _restore_face(dr, chosen[retry], ys[retry], ns[retry], dr.c + r[retry], tol)
+                ka = kkt_residual(dr, xs[retry], yr, nr, ss[retry], zr)
+                won = ka < kp[retry]
+                j = retry[won]
+                yp[j], np_[j], kp[j] = yr[won], nr[won], ka[won]
             better = kp < kkt[live]
             y_best[live] = torch.where(better[:, None], yp, y_best[live])
             nu_best[live] = torch.where(better[:, None], np_, nu_best[live])
