@@ -13,13 +13,16 @@ Algorithm: semismooth Newton on the dual (Li, Sun & Toh, Math. Program. 179, 202
 with the generalised Hessian ``L = [[Diag(Θ1), Θ], [Θᵀ, Diag(Θᵀ1)]]`` on the support
 ``Θ = 1[Y − α1ᵀ − 1βᵀ > 0]`` — the signless Laplacian of the bipartite support graph, singular
 along ``(1, −1)`` on every connected component.  Each step solves ``(L + εI) d = −∇θ``
-through its min(m, n)×min(m, n) Schur complement by a batched LU, followed by an Armijo
-search; quadratic convergence once the support settles.  ε = min(1e-3, ‖∇θ‖∞ / s) with s the
-data scale: scale-free, so where the support splits into components whose marginals are out
-of balance (the kernel part of ∇θ), the step along the kernel, ∇θ/ε, reaches the scale of the
-data at once (with ε tied to the absolute residual, inputs 10⁴ times larger than the marginals
-crept there over hundreds of steps).  Near the solution, kernel parts that are only rounding
-noise are removed from the step (see the loop).  The Newton steps start after a few rounds of
+through its min(m, n)×min(m, n) Schur complement by a batched LU; the full step is taken where
+it halves the residual, otherwise the exact minimiser of θ along ``d`` (a sorted breakpoint
+search); quadratic convergence once the support settles.  ε = min(1e-11, ‖∇θ‖∞ / s) + 1e-12
+with s the marginals' scale: where the support splits into components whose marginals are
+out of balance (the kernel part of ∇θ), θ is linear along their gauge directions and the step
+there, ∇θ/ε, is long; the exact line search cuts it at the entries that enter the support,
+so the step goes as far as the data require in one step (ε = 1e-3 with halving from t = 1
+took hundreds of steps at inputs 10⁴ times larger than the marginals, and a smaller ε alone
+took fewer steps in every family measured).  Where the kernel part is only rounding noise it
+is removed from the step (see the loop).  The Newton steps start after a few rounds of
 block-coordinate ascent (:func:`_warm_rounds`).  Nonnegativity and complementarity hold by
 construction; the iteration stops when the marginals hold to ``target`` relative.
 
@@ -42,6 +45,7 @@ _FIRST_STAGE = 30.0  # continuation: the first stage's input scale, in units of 
 _STAGE_FACTOR = 10.0  # continuation: growth of the input scale per stage
 _STAGE_TOL = 1e-9  # continuation: the accuracy an intermediate stage is solved to
 _KERNEL_FREE_BELOW = 1e-6
+_EPS_CAP = 1e-11  # Newton regularisation: ε = min(_EPS_CAP, relative residual) + 1e-12 (module docstring)
 _STALL = 5
 _ROUNDING = 100.0
 
@@ -191,7 +195,7 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             if live.numel() == 0:
                 break
         theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
-        eps = res.clamp(max=1e-11) + 1e-12
+        eps = res.clamp(max=_EPS_CAP) + 1e-12
         lap = SchurLaplacian(theta, eps)
         d = lap.solve(-g)
         # Near the solution ε is tiny and (L + εI)⁻¹ amplifies the rounding noise of ∇θ along
