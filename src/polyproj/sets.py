@@ -176,8 +176,9 @@ class ConvexSet:
     def _relative_violation(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """``_violation(y) / max(_violation_scale(y), eps·‖x‖∞)`` per point (the floor only
         matters for sets of scale 0, cones, at y ≈ 0; without ``x`` it is ``eps``)."""
-        floor = torch.finfo(torch.float64).eps * (x.flatten(1).abs().amax(-1) if x is not None else 1.0)
-        return self._violation(y) / torch.clamp_min(torch.maximum(self._violation_scale(y), torch.as_tensor(floor, dtype=y.dtype, device=y.device)), 1e-300)
+        eps = torch.finfo(torch.float64).eps
+        floor = eps * x.flatten(1).abs().amax(-1) if x is not None else torch.full_like(y.flatten(1)[:, 0], eps)
+        return self._violation(y) / torch.maximum(self._violation_scale(y), floor).clamp_min(1e-300)
 
     def _flat_points(self, y: torch.Tensor, name: str, *, check_values: bool = True, bind: bool = True):
         """Validate points ``(..., *event_shape)`` and flatten them against the set's batch shape
