@@ -94,3 +94,16 @@ def test_compile_fullgraph_matches_eager(name):
     (g,) = torch.autograd.grad((y * torch.arange(y.numel(), dtype=F64).reshape(y.shape)).sum(), x)
     (ge,) = torch.autograd.grad((net(x) * torch.arange(y.numel(), dtype=F64).reshape(y.shape)).sum(), x)
     assert torch.equal(g, ge)
+
+
+def test_compile_with_learned_constraint_data_runs_the_layer_eagerly():
+    a = torch.nn.Parameter(torch.ones(3, dtype=F64))
+    layer = pp.Projection(pp.Polyhedron(A=torch.eye(3, dtype=F64), a=a))
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="eager")
+    x = torch.full((2, 3), 5.0, dtype=F64)
+    compiled(x).sum().backward()
+    assert torch.equal(a.grad, torch.full((3,), 2.0, dtype=F64))
+    with torch.no_grad():
+        a.sub_(0.5)
+    assert torch.equal(compiled(x), torch.full((2, 3), 0.5, dtype=F64))  # the new values, no stale graph
