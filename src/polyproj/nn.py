@@ -75,20 +75,16 @@ class Projection(torch.nn.Module):
         return self.set
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._live:
-            return self._forward_live(x)
+        return self._project_eagerly(x) if self._live else self._project(x)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
         y, self.last_info = project(x, self.current_set(), tol=self.tol, max_iter=self.max_iter,
                                     on_failure=self.on_failure, return_info=True)
         return y
 
-    @torch.compiler.disable
-    def _forward_live(self, x: torch.Tensor) -> torch.Tensor:
-        # A set rebuilt from learned data at every call is a new Python object: under
-        # torch.compile the layer runs eagerly (a graph break here; fullgraph=True needs fixed
-        # constraint data).
-        y, self.last_info = project(x, self.current_set(), tol=self.tol, max_iter=self.max_iter,
-                                    on_failure=self.on_failure, return_info=True)
-        return y
+    # A set rebuilt from learned data at every call is a new Python object: under torch.compile
+    # such a layer runs eagerly (a graph break; fullgraph=True needs fixed constraint data).
+    _project_eagerly = torch.compiler.disable(_project)
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
