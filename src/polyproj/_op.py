@@ -135,14 +135,12 @@ def _vjp_fake(g, handle, batch, state, with_inputs):
 @vjp_op.register_vmap
 def _vjp_vmap(info, in_dims, g, handle, batch, state, with_inputs):
     B = info.batch_size
-    dg, ds = in_dims[0], in_dims[3]
+    front = lambda t, d: t.movedim(d, 0) if d is not None else t.expand(B, *t.shape)  # noqa: E731
+    g_ = front(g, in_dims[0])
+    st = [front(s, d) for s, d in zip(state, in_dims[3])]
     if with_inputs:  # data gradients are summed over the batch: one call per vmapped slice
-        g_ = g.movedim(dg, 0) if dg is not None else g.expand(B, *g.shape)
-        st = [s.movedim(d, 0) if d is not None else s.expand(B, *s.shape) for s, d in zip(state, ds)]
         outs = [vjp_op(g_[k], handle, batch, [s[k] for s in st], True) for k in range(B)]
         return [torch.stack(parts) for parts in zip(*outs)], [0] * len(outs[0])
-    g_ = g.movedim(dg, 0) if dg is not None else g.expand(B, *g.shape)
-    st = [s.movedim(d, 0) if d is not None else s.expand(B, *s.shape) for s, d in zip(state, ds)]
     out = vjp_op(g_.reshape(-1, *g_.shape[2:]), handle, [B, *batch], [s.reshape(-1, *s.shape[2:]) for s in st], False)
     return [out[0].reshape(B, -1, *out[0].shape[1:])], [0]
 

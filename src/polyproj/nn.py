@@ -67,10 +67,11 @@ class Projection(torch.nn.Module):
         """The set built from the module's current data: rebuilt at every call when the data
         require grad (learned), and whenever a buffer changed (``load_state_dict``, in-place
         edits) — a set is a snapshot and must not keep projecting onto old values."""
+        data = {name: getattr(self, attr) for name, attr in self._data_names.items()}
         if self._live:
-            return self.set._rebuild({name: getattr(self, attr) for name, attr in self._data_names.items()})
-        if not torch.compiler.is_compiling() and self._data_names and self._data_stamp() != self._built_from:
-            self.set = self.set._rebuild({name: getattr(self, attr) for name, attr in self._data_names.items()})
+            return self.set._rebuild(data)
+        if not torch.compiler.is_compiling() and data and self._data_stamp() != self._built_from:
+            self.set = self.set._rebuild(data)
             self._built_from = self._data_stamp()
         return self.set
 

@@ -49,6 +49,11 @@ def _bounds(lower, upper, what):
     return lo, up, (n,)
 
 
+def _per_coordinate(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A bound (scalar, or ``(..., n)``) as a detached ``(..., n)`` tensor."""
+    return torch.broadcast_to(t.detach(), (*t.shape[:-1], n) if t.ndim else (n,))
+
+
 def _as_bound(value, name, device):
     t = as_tensor(value, name, device=device, keep_grad=True, allow_inf=True)
     if t.ndim >= 1 and t.shape[-1] < 1:
@@ -247,7 +252,7 @@ class Box(_VectorSet):
         if n is None:
             raise ValueError("as_polyhedron of a box with scalar bounds needs n")
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
-        up, lo = (torch.broadcast_to(t.detach(), (*t.shape[:-1], n) if t.ndim else (n,)) for t in (self.upper, self.lower))
+        up, lo = (_per_coordinate(t, n) for t in (self.upper, self.lower))
         A, a = torch.cat([eye, -eye]), torch.cat([up, -lo], -1)
         keep = torch.isfinite(a)
         if a.ndim > 1:
@@ -451,7 +456,7 @@ class CappedSimplex(_VectorSet):
 
     def _check_total(self, n: int) -> None:
         """Raise :class:`InfeasibleError` unless ``Σ lower ≤ total ≤ Σ upper`` (every sample)."""
-        lo, hi = (torch.broadcast_to(t.detach(), (*t.shape[:-1], n) if t.ndim else (n,)).sum(-1)
+        lo, hi = (_per_coordinate(t, n).sum(-1)
                   for t in (self.lower, self.upper))
         lo, hi, tot = torch.broadcast_tensors(lo, hi, self._total_tensor())
         _raise_empty_where(~((lo <= tot) & (tot <= hi)), bool(self.batch_shape), lambda i, where: (
@@ -511,7 +516,7 @@ class CappedSimplex(_VectorSet):
         if n is None:
             raise ValueError("as_polyhedron of a capped simplex with scalar bounds needs n")
         eye = torch.eye(n, dtype=torch.float64, device=self.device)
-        up, lo = (torch.broadcast_to(t.detach(), (*t.shape[:-1], n) if t.ndim else (n,)) for t in (self.upper, self.lower))
+        up, lo = (_per_coordinate(t, n) for t in (self.upper, self.lower))
         return Polyhedron(A=torch.cat([eye, -eye]), a=torch.cat([up, -lo], -1),
                           B=torch.ones(1, n, dtype=torch.float64, device=self.device),
                           b=self._total_tensor().unsqueeze(-1))

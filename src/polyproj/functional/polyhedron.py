@@ -147,6 +147,11 @@ class PolyhedronData:
         """The largest row scale per sample (:meth:`row_scales`), 1 without rows."""
         return self.row_scales(y).amax(-1) if self.K else y.new_ones(y.shape[0])
 
+    def row_violations(self, r: torch.Tensor) -> torch.Tensor:
+        """Each row's violation from the residual ``r = C y − c`` (N, K): ``r₊`` on inequality
+        rows, ``|r|`` on equality rows."""
+        return torch.where(self.eq, r.abs(), r.clamp_min(0))
+
     def relative_violation(self, y: torch.Tensor, r: torch.Tensor | None = None, floor=None) -> torch.Tensor:
         """``max_i violation_i / scale_i`` per sample (``r = C y − c`` if known; ``floor``: a
         per-sample lower bound on the scales)."""
@@ -154,13 +159,13 @@ class PolyhedronData:
             return y.new_zeros(y.shape[0])
         r = self.rows(y) - self.c if r is None else r
         scale = self.row_scales(y) if floor is None else torch.maximum(self.row_scales(y), floor[:, None])
-        return (torch.where(self.eq, r.abs(), r.clamp_min(0)) / scale).amax(-1)
+        return (self.row_violations(r) / scale).amax(-1)
 
     def primal_violation(self, r: torch.Tensor) -> torch.Tensor:
         """Largest violation per sample from the residual ``r = C y − c`` (N, K)."""
         if self.K == 0:
             return r.new_zeros(r.shape[0])
-        return torch.where(self.eq, r.abs(), r.clamp_min(0)).amax(-1)
+        return self.row_violations(r).amax(-1)
 
 
 @dataclass
@@ -189,7 +194,7 @@ def kkt_residual(data: PolyhedronData, x, y, nu, sx, z=None):
     # (the floor eps·‖x‖∞ only matters for sets of scale 0 — cones — at y ≈ 0, where the
     # rounding of y = x − Cᵀν leaves nothing to be relative to)
     pscale = torch.maximum(data.row_scales(y), torch.finfo(y.dtype).eps * sx[:, None])
-    primal = (torch.where(data.eq, r.abs(), r.clamp_min(0)) / pscale).amax(-1)
+    primal = (data.row_violations(r) / pscale).amax(-1)
     # complementarity: each multiplier relative to the input's scale, each slack to its row's
     ineq = ~data.eq
     lam, slack = nu / dscale[:, None], -r / pscale
@@ -549,7 +554,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             r = ds.rows(ys) - ds.c
             ns = (nu if all_live else nu[live]) + rs[:, None] * r
             ns = torch.where(data.eq, ns, ns.clamp_min(0))
-            viol = torch.where(data.eq, r.abs(), r.clamp_min(0)).amax(-1)
+            viol = data.primal_violation(r)
             # Late rounds (ALM primal residual ≤ √tol relative to the set): the face is
             # (nearly) known and the extra certificates below are worth their solves.
             late = (torch.where(data.eq, r.abs(), r) <= _alm_tolerance(ds, ys, ss, tol**0.5)).all(-1)
