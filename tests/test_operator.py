@@ -22,6 +22,7 @@ def _sets():
         "simplex": (pp.Simplex(), (4,)),
         "capped_simplex": (pp.CappedSimplex(0.0, 0.4, 1.0), (4,)),
         "birkhoff": (pp.Birkhoff(), (3, 3)),
+        "partial_matching": (pp.PartialMatching(2), (3, 4)),
         "transportation": (pp.Transportation(torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([1.5, 0.5, 1.0], dtype=F64)), (2, 3)),
     }
 

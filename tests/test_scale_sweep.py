@@ -57,9 +57,13 @@ def _transportation():
     return pp.Transportation(r, c), (4, 5)
 
 
+def _partial_matching():
+    return pp.PartialMatching(3), (5, 4)
+
+
 SETS = {"polyhedron": _polyhedron, "per_sample_polyhedron": _per_sample_polyhedron, "box": _box,
         "halfspace": _halfspace, "simplex": _simplex, "capped_simplex": _capped, "birkhoff": _birkhoff,
-        "transportation": _transportation}
+        "transportation": _transportation, "partial_matching": _partial_matching}
 
 
 def _dense_rows(S, event):
@@ -68,7 +72,8 @@ def _dense_rows(S, event):
     if isinstance(S, pp.Polyhedron):
         return S.A.numpy(), S.a.numpy(), S.B.numpy(), S.b.numpy()
     n = int(np.prod(event))
-    P = S.as_polyhedron(event[0]) if isinstance(S, pp.Birkhoff) else (
+    P = S.as_polyhedron(event[0]) if isinstance(S, pp.Birkhoff) else S.as_polyhedron(*event) if isinstance(
+        S, pp.PartialMatching) else (
         S.as_polyhedron() if isinstance(S, (pp.HalfSpace, pp.Transportation)) else S.as_polyhedron(n))
     return P.A.numpy(), P.a.numpy(), P.B.numpy(), P.b.numpy()
 

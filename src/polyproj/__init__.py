@@ -11,7 +11,7 @@ from ._errors import ConvergenceError, ConvergenceWarning, InfeasibleError
 from .nn import Projection
 from .project import ProjectionInfo, hs_jacobian, project
 from .sets import ConvexSet, Polyhedron
-from .structured import Birkhoff, Box, CappedSimplex, HalfSpace, Simplex, Transportation
+from .structured import Birkhoff, Box, CappedSimplex, HalfSpace, PartialMatching, Simplex, Transportation
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "ConvexSet",
     "HalfSpace",
     "InfeasibleError",
+    "PartialMatching",
     "Polyhedron",
     "Projection",
     "ProjectionInfo",

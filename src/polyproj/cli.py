@@ -1,5 +1,5 @@
 """``polyproj`` command line: ``polyproj portfolio`` runs the portfolio experiment (the main
-job), ``polyproj demo`` trains a small network with a projection layer onto a random polyhedron."""
+job), ``polyproj graph-matching`` the Willow keypoint-matching experiment, ``polyproj demo`` trains a small network with a projection layer onto a random polyhedron."""
 
 from __future__ import annotations
 
@@ -128,14 +128,24 @@ def portfolio(argv) -> int:
     return run_portfolio(argv)
 
 
+def graph_matching(argv) -> int:
+    sys.path.insert(0, str(_experiments_dir()))
+    from graph_matching.run import main as run_graph_matching
+
+    return run_graph_matching(argv)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["portfolio"]:
         # the experiment owns its arguments (``polyproj portfolio --help``)
         return portfolio(argv[1:])
+    if argv[:1] == ["graph-matching"]:
+        return graph_matching(argv[1:])
     parser = argparse.ArgumentParser(prog="polyproj", description="polyproj command line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("portfolio", help="end-to-end portfolio allocation on S&P 500 data (see polyproj portfolio --help)")
+    sub.add_parser("graph-matching", help="deep graph matching on Willow-ObjectClass (see polyproj graph-matching --help)")
     d = sub.add_parser("demo", help="train an MLP with a projection layer onto a random polyhedron")
     d.add_argument("--epochs", type=int, default=15)
     d.add_argument("--batch-size", type=int, default=128)
