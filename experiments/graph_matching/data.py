@@ -75,6 +75,9 @@ class Willow:
     cls: np.ndarray  # (304,) class index
     points: np.ndarray  # (304, 10 + MAX_OUTLIERS, 2) pixel coordinates, inliers first
     features: np.ndarray  # (304, 10 + MAX_OUTLIERS, F)
+    root: Path
+    n_train: int = N_TRAIN_IMAGES
+    n_valid: int = N_VALID
 
     def split(self, part: str) -> dict[int, np.ndarray]:
         """Image indices per class for ``part`` ∈ {"train", "valid", "trainval", "test"}."""
@@ -82,14 +85,21 @@ class Willow:
         for c in range(len(CLASSES)):
             idx = np.flatnonzero(self.cls == c)
             idx = idx[np.argsort(self.names[idx])]
-            train = idx[:N_TRAIN_IMAGES]
-            out[c] = {"train": train[:-N_VALID], "valid": train[-N_VALID:], "trainval": train,
-                      "test": idx[N_TRAIN_IMAGES:]}[part]
+            if len(idx) < self.n_train + 2:
+                raise ValueError(f"class {CLASSES[c]} has {len(idx)} images; the split needs {self.n_train} training "
+                                 f"images and at least 2 test images")
+            train = idx[: self.n_train]
+            out[c] = {"train": train[: -self.n_valid], "valid": train[-self.n_valid:], "trainval": train,
+                      "test": idx[self.n_train:]}[part]
         return out
 
 
-def load(cache_dir: str | Path | None = None) -> Willow:
-    root = data_root()
+def load(root: str | Path | None = None, cache_dir: str | Path | None = None, n_train: int = N_TRAIN_IMAGES,
+         n_valid: int = N_VALID) -> Willow:
+    """The dataset at ``root`` (default :func:`data_root`), SIFT features cached in ``cache_dir``."""
+    if not 2 <= n_valid + 1 <= n_train:
+        raise ValueError(f"need 1 <= n_valid < n_train (two training images at least), got {n_valid}, {n_train}")
+    root = Path(root) if root is not None else data_root()
     npz = root / "keypoints.npz"
     if not npz.exists():
         raise FileNotFoundError(f"Willow keypoints not found at {npz} (set POLYPROJ_WILLOW to the folder)")
@@ -117,7 +127,7 @@ def load(cache_dir: str | Path | None = None) -> Willow:
         np.savez(tmp, features=features)
         tmp.replace(cache)
     geometry = points / IMAGE_SIZE
-    return Willow(names, cls, points, np.concatenate([features, geometry], 2))
+    return Willow(names, cls, points, np.concatenate([features, geometry], 2), root, n_train, n_valid)
 
 
 def delaunay_adjacency(points: np.ndarray) -> np.ndarray:

@@ -194,7 +194,7 @@ def run_one(ds, out: Path, kind: str, layer: str, hp: dict, outliers: int, seed:
 
 
 def tune(args) -> dict:
-    ds = data.load()
+    ds = _load(args)
     out = Path(args.out)
     valid = data.fixed_pairs(ds.split("valid"), VALID_PAIRS_PER_CLASS, seed=99)
     chosen, grid_log = {}, []
@@ -215,13 +215,18 @@ def tune(args) -> dict:
     return result
 
 
-def _default_hp(layer: str) -> dict:
-    return {"sinkhorn": {"tau": 0.05, "iters": 20}, "linsat": {"tau": 0.05, "iters": LINSAT_ITERS},
+def _load(args) -> data.Willow:
+    return data.load(args.data, n_train=args.train_images, n_valid=args.valid_images)
+
+
+def _default_hp(layer: str, quick: bool = False) -> dict:
+    """Hyper-parameters without a tuned.json (``--quick``: LinSATNet at 30 iterations)."""
+    return {"sinkhorn": {"tau": 0.05, "iters": 20}, "linsat": {"tau": 0.05, "iters": 30 if quick else LINSAT_ITERS},
             "exact": {"scale": 0.1}}[layer]
 
 
 def compare(args) -> dict:
-    ds = data.load()
+    ds = _load(args)
     out = Path(args.out)
     tuned_path = Path(args.tuned) if args.tuned else out / "tuned.json"
     chosen = json.loads(tuned_path.read_text())["chosen"] if tuned_path.exists() else {}
@@ -229,7 +234,11 @@ def compare(args) -> dict:
     records = []
     for R in args.outliers:
         for layer in args.layers:
-            hp = chosen.get(layer, _default_hp(layer))
+            if layer == "linsat" and R > 0 and not args.linsat_partial:
+                print(f"R={R}: LinSATNet skipped (see --linsat-partial): on the partial-matching constraints it "
+                      f"takes ~16 s per fwd+bwd at batch 16 and 300 iterations (benchmarks/bench_partial_matching.py)")
+                continue
+            hp = chosen.get(layer, _default_hp(layer, args.quick))
             for seed in args.seeds:
                 records.append(run_one(ds, out, "compare", layer, hp, R, seed, args.steps, "trainval", test,
                                        keep_outputs=True))
@@ -318,7 +327,7 @@ def plot_matches(ds, records, path: Path) -> None:
         ex = r["examples"][0]
         i, j = ex["pair"]
         p1, p2 = np.array(ex["perm"])
-        im = [cv2.imread(str(data.data_root() / "images" / f"{ds.names[t]}.jpg"))[:, :, ::-1] for t in (i, j)]
+        im = [cv2.imread(str(ds.root / "images" / f"{ds.names[t]}.jpg"))[:, :, ::-1] for t in (i, j)]
         ax.imshow(np.concatenate(im, 1))
         X = torch.tensor(ex["X"])
         H = hungarian(X[None])[0].numpy()
@@ -350,8 +359,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-pairs", type=int, default=TEST_PAIRS_PER_CLASS, help="test pairs per class")
     p.add_argument("--tuned", default=None, help="tuned.json to read (default: <out>/tuned.json)")
     p.add_argument("--tune-seed", type=int, default=100)
+    p.add_argument("--linsat-partial", action="store_true",
+                   help="also train LinSATNet with outliers (hours: its partial-matching kernel is slow)")
+    p.add_argument("--data", default=None, help="Willow folder (default ../shared/data/willow or $POLYPROJ_WILLOW)")
+    p.add_argument("--train-images", type=int, default=data.N_TRAIN_IMAGES, help="training images per class")
+    p.add_argument("--valid-images", type=int, default=data.N_VALID, help="of which validation images")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 40 steps, 20 test pairs per class")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 20 steps, 10 test pairs per class")
     return p
 
 
@@ -360,7 +374,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.seeds, args.steps, args.test_pairs = args.seeds[:1], 40, 20
+        args.seeds, args.steps, args.test_pairs = args.seeds[:1], 20, 10
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (tune if args.command == "tune" else compare)(args)
     return 0
