@@ -1,5 +1,6 @@
 """``polyproj`` command line: ``polyproj portfolio`` runs the portfolio experiment (the main
-job), ``polyproj graph-matching`` the Willow keypoint-matching experiment, ``polyproj demo`` trains a small network with a projection layer onto a random polyhedron."""
+job), ``polyproj graph-matching`` the Willow keypoint-matching experiment, ``polyproj sorting``
+the handwritten-number sorting experiment, ``polyproj demo`` trains a small network with a projection layer onto a random polyhedron."""
 
 from __future__ import annotations
 
@@ -135,6 +136,13 @@ def graph_matching(argv) -> int:
     return run_graph_matching(argv)
 
 
+def sorting(argv) -> int:
+    sys.path.insert(0, str(_experiments_dir()))
+    from digit_sorting.run import main as run_sorting
+
+    return run_sorting(argv)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["portfolio"]:
@@ -142,10 +150,13 @@ def main(argv=None) -> int:
         return portfolio(argv[1:])
     if argv[:1] == ["graph-matching"]:
         return graph_matching(argv[1:])
+    if argv[:1] == ["sorting"]:
+        return sorting(argv[1:])
     parser = argparse.ArgumentParser(prog="polyproj", description="polyproj command line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("portfolio", help="end-to-end portfolio allocation on S&P 500 data (see polyproj portfolio --help)")
     sub.add_parser("graph-matching", help="deep graph matching on Willow-ObjectClass (see polyproj graph-matching --help)")
+    sub.add_parser("sorting", help="sorting handwritten numbers with permutation layers (see polyproj sorting --help)")
     d = sub.add_parser("demo", help="train an MLP with a projection layer onto a random polyhedron")
     d.add_argument("--epochs", type=int, default=15)
     d.add_argument("--batch-size", type=int, default=128)
