@@ -64,15 +64,22 @@ def hungarian(X: torch.Tensor) -> torch.Tensor:
     return pygmtools.hungarian(X.detach().double(), backend="pytorch").to(X.dtype)
 
 
-def decode_metrics(X: torch.Tensor, gt: torch.Tensor, k_true: int) -> dict:
-    """Per-sample precision/recall/F1 of the Hungarian + top-k decode and of the 0.5 threshold.
-    With no outliers Hungarian's F1 is the matching accuracy."""
+def decode(X: torch.Tensor, k_true: int) -> torch.Tensor:
+    """Hungarian on X (B, k, k), then — with outliers — only the ``k_true`` assigned pairs the
+    layer is most sure of."""
     H = hungarian(X)
-    if k_true < X.shape[-1]:  # keep the k_true assigned pairs the layer is most sure of
+    if k_true < X.shape[-1]:
         val = (H * X).flatten(1)
         keep = torch.zeros_like(val)
         keep.scatter_(1, val.topk(k_true, dim=1).indices, 1.0)
         H = H * keep.view_as(H)
+    return H
+
+
+def decode_metrics(X: torch.Tensor, gt: torch.Tensor, k_true: int) -> dict:
+    """Per-sample precision/recall/F1 of the Hungarian + top-k decode and of the 0.5 threshold.
+    With no outliers Hungarian's F1 is the matching accuracy."""
+    H = decode(X, k_true)
     out = {}
     for name, pred in (("hungarian", H), ("threshold", (X > 0.5).to(X.dtype))):
         hit = (pred * gt).sum((1, 2))
@@ -124,11 +131,13 @@ def train(net, sampler: data.PairSampler, steps: int, seed: int, ckpt: Path | No
 
 
 @torch.no_grad()
-def evaluate(net, sampler: data.PairSampler, pairs: dict[int, np.ndarray], seed: int, keep_outputs: bool = False):
-    """Metrics per class on fixed pairs (the same shuffles for every layer)."""
+def evaluate(net, sampler: data.PairSampler, pairs: dict[int, np.ndarray], seed: int, keep_outputs: bool = False,
+             save_to: Path | None = None):
+    """Metrics per class on fixed pairs (the same shuffles for every layer).  With ``save_to``
+    every output matrix is saved (float32 ``.npz``, one array per class) for :func:`output_stats`."""
     net.eval()
     k_true = data.N_INLIERS
-    per_class, outputs = {}, []
+    per_class, outputs, saved = {}, [], {}
     viol, exact01, total = 0.0, 0, 0
     for c, P in pairs.items():
         rng = np.random.default_rng([seed, 7, c])
@@ -140,14 +149,28 @@ def evaluate(net, sampler: data.PairSampler, pairs: dict[int, np.ndarray], seed:
             exact01 += int(((X == 0) | (X == 1)).sum())
             total += X.numel()
             rows.append(decode_metrics(X, b.gt, k_true))
+            saved.setdefault(data.CLASSES[c], []).append(X.numpy())
             if keep_outputs and i == 0:
                 outputs.append({"class": c, "pair": b.pairs[0].tolist(), "perm": b.perm[0].tolist(),
                                 "X": X[0].tolist(), "gt": b.gt[0].tolist()})
         per_class[data.CLASSES[c]] = {k: float(torch.cat([r[k] for r in rows]).mean()) for k in rows[0]}
     mean = {k: float(np.mean([v[k] for v in per_class.values()])) for k in next(iter(per_class.values()))}
     net.train()
+    if save_to is not None:
+        tmp = save_to.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **{c: np.concatenate(v) for c, v in saved.items()})
+        tmp.replace(save_to)
     return {"per_class": per_class, "mean": mean, "max_violation": viol, "exact_01_share": exact01 / total,
             "examples": outputs}
+
+
+def output_stats(path: Path) -> dict:
+    """Violation of the (partial) matching polytope and share of exact 0/1 entries, recomputed
+    from the saved test outputs of one trained model."""
+    with np.load(path) as z:
+        X = torch.from_numpy(np.concatenate([z[c] for c in z.files]))
+    return {"max_violation": float(layers.violation(X, data.N_INLIERS).max()),
+            "exact_01_share": float(((X == 0) | (X == 1)).double().mean()), "outputs": int(X.shape[0])}
 
 
 def layer_timing(net, k: int, reps: int = 30) -> float:
@@ -181,8 +204,10 @@ def run_one(ds, out: Path, kind: str, layer: str, hp: dict, outliers: int, seed:
     log = train(net, sampler, steps, seed, path.with_suffix(".ckpt"), f"{kind} {layer} {hp} R={outliers} seed {seed}")
     train_s = time.perf_counter() - t0
     ev = evaluate(net, data.PairSampler(ds, ds.split("test" if kind == "compare" else "valid"), outliers),
-                  eval_pairs, seed=1234, keep_outputs=keep_outputs)
+                  eval_pairs, seed=1234, keep_outputs=keep_outputs,
+                  save_to=path.with_suffix(".outputs.npz") if kind == "compare" else None)
     rec = {"kind": kind, "layer": layer, "hp": hp, "outliers": outliers, "seed": seed, "steps": steps,
+           "outputs_file": str(path.with_suffix(".outputs.npz")) if kind == "compare" else None,
            "train_seconds": train_s, "step_ms_median": statistics.median(log["step_ms"]),
            "layer_fwd_bwd_ms": layer_timing(net, k), "final_loss": float(np.mean(log["losses"][-50:])),
            "loss_curve": [float(np.mean(log["losses"][i:i + 50])) for i in range(0, len(log["losses"]), 50)], **ev}
@@ -248,7 +273,7 @@ def compare(args) -> dict:
                                                   "config": vars(args) | {"func": None}}, indent=2))
     (out / "results.md").write_text(markdown(summary))
     print(markdown(summary))
-    plot_matches(ds, records, out / "matches.png")
+    plot_matches(ds, records, out)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'matches.png'}")
     return summary
 
@@ -272,8 +297,11 @@ def summarise(records, args) -> list[dict]:
                 row[m] = _ms([r["mean"][m] for r in recs])
             for c in data.CLASSES:
                 row[f"acc_{c}"] = _ms([r["per_class"][c][metric] for r in recs])
-            row["max_violation"] = max(r["max_violation"] for r in recs)
-            row["exact_01_share"] = _ms([r["exact_01_share"] for r in recs])
+            stats = [output_stats(Path(r["outputs_file"])) for r in recs if Path(r.get("outputs_file", "")).is_file()]
+            if len(stats) != len(recs):
+                raise FileNotFoundError(f"saved test outputs missing for {L}, R={R}: rerun compare to regenerate them")
+            row["max_violation"] = max(s["max_violation"] for s in stats)  # recomputed from the saved outputs
+            row["exact_01_share"] = _ms([s["exact_01_share"] for s in stats])
             row["layer_fwd_bwd_ms"] = _ms([r["layer_fwd_bwd_ms"] for r in recs])
             row["step_ms"] = _ms([r["step_ms_median"] for r in recs])
             row["train_seconds"] = _ms([r["train_seconds"] for r in recs])
@@ -288,7 +316,7 @@ def summarise(records, args) -> list[dict]:
 
 def markdown(rows) -> str:
     head = ("| R | layer | hyper-parameters | mean acc (F1) | " + " | ".join(data.CLASSES) +
-            " | Δ vs best baseline (paired) | thr-0.5 F1 | max violation | exact 0/1 | layer fwd+bwd ms | step ms | train s |")
+            " | Δ vs best baseline (paired) | thr-0.5 P / R / F1 | max violation | exact 0/1 | layer fwd+bwd ms | step ms | train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     f = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}"  # noqa: E731
     for r in rows:
@@ -300,52 +328,52 @@ def markdown(rows) -> str:
         hp = ", ".join(f"{k}={v}" for k, v in r["hp"].items())
         lines.append(f"| {r['outliers']} | {r['layer']} | {hp} | {f(r['hungarian_f1'])} | "
                      + " | ".join(f"{r[f'acc_{c}']['mean']:.3f}" for c in data.CLASSES)
-                     + f" | {diff} | {f(r['threshold_f1'])} | {r['max_violation']:.1e} | "
+                     + f" | {diff} | {r['threshold_precision']['mean']:.3f} / {r['threshold_recall']['mean']:.3f} / "
+                       f"{f(r['threshold_f1'])} | {r['max_violation']:.1e} | "
                        f"{r['exact_01_share']['mean']:.2f} | {r['layer_fwd_bwd_ms']['mean']:.2f} | "
                        f"{r['step_ms']['mean']:.1f} | {r['train_seconds']['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_matches(ds, records, path: Path) -> None:
-    """One test pair per layer (first seed, fewest outliers): keypoints and predicted matches,
-    green where right and red where wrong."""
+def plot_matches(ds, records, out: Path) -> None:
+    """Per outlier count, one test pair per layer (first seed): keypoints (inliers yellow,
+    outliers cyan) and the decoded matches, green where right and red where wrong.  Writes
+    ``matches.png`` (fewest outliers) and ``matches_R{R}.png`` for the others."""
     import cv2
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    R0 = min(r["outliers"] for r in records)
-    chosen = {}
-    for r in records:
-        if r["outliers"] == R0 and r["layer"] not in chosen and r["examples"]:
-            chosen[r["layer"]] = r
-    if not chosen:
-        return
-    fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 3.2), squeeze=False)
-    for ax, (L, r) in zip(axes[0], chosen.items()):
-        ex = r["examples"][0]
-        i, j = ex["pair"]
-        p1, p2 = np.array(ex["perm"])
-        im = [cv2.imread(str(ds.root / "images" / f"{ds.names[t]}.jpg"))[:, :, ::-1] for t in (i, j)]
-        ax.imshow(np.concatenate(im, 1))
-        X = torch.tensor(ex["X"])
-        H = hungarian(X[None])[0].numpy()
-        gt = np.array(ex["gt"])
-        P1, P2 = ds.points[i][p1], ds.points[j][p2] + np.array([data.IMAGE_SIZE, 0])
-        ax.scatter(P1[:, 0], P1[:, 1], s=12, c="yellow")
-        ax.scatter(P2[:, 0], P2[:, 1], s=12, c="yellow")
-        for a, b in zip(*np.nonzero(H)):
-            if p1[a] >= data.N_INLIERS and p2[b] >= data.N_INLIERS:
-                continue
-            ok = gt[a, b] == 1
-            ax.plot([P1[a, 0], P2[b, 0]], [P1[a, 1], P2[b, 1]], color="lime" if ok else "red", lw=1.2)
-        acc = (H * gt).sum() / gt.sum()
-        ax.set_title(f"{L}: {data.CLASSES[ex['class']]}, {acc:.0%} right", fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    Rs = sorted({r["outliers"] for r in records})
+    for R in Rs:
+        chosen = {}
+        for r in records:
+            if r["outliers"] == R and r["layer"] not in chosen and r["examples"]:
+                chosen[r["layer"]] = r
+        if not chosen:
+            continue
+        fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 3.2), squeeze=False)
+        for ax, (L, r) in zip(axes[0], chosen.items()):
+            ex = r["examples"][0]
+            i, j = ex["pair"]
+            p1, p2 = np.array(ex["perm"])
+            im = [cv2.imread(str(ds.root / "images" / f"{ds.names[t]}.jpg"))[:, :, ::-1] for t in (i, j)]
+            ax.imshow(np.concatenate(im, 1))
+            H = decode(torch.tensor(ex["X"])[None], data.N_INLIERS)[0].numpy()
+            gt = np.array(ex["gt"])
+            P1, P2 = ds.points[i][p1], ds.points[j][p2] + np.array([data.IMAGE_SIZE, 0])
+            for P, p in ((P1, p1), (P2, p2)):
+                ax.scatter(P[:, 0], P[:, 1], s=12, c=np.where(p < data.N_INLIERS, "yellow", "cyan"))
+            for a, b in zip(*np.nonzero(H)):
+                ok = gt[a, b] == 1
+                ax.plot([P1[a, 0], P2[b, 0]], [P1[a, 1], P2[b, 1]], color="lime" if ok else "red", lw=1.2)
+            f1 = 2 * (H * gt).sum() / (H.sum() + gt.sum())
+            ax.set_title(f"{L}: {data.CLASSES[ex['class']]}, R = {R}, F1 {f1:.0%}", fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / ("matches.png" if R == Rs[0] else f"matches_R{R}.png"), dpi=110)
+        plt.close(fig)
 
 
 def parser() -> argparse.ArgumentParser:
