@@ -57,6 +57,30 @@ def _total_threshold(Y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return cand.gather(1, count - 1).squeeze(1)
 
 
+def _thresholds(W: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """τ (N, a) with ``Σ_b (W − τ)₊ = target`` for each row of ``W`` (N, a, b), ``target ≥ 0``
+    (N, a); ``max_b W`` where the target is 0."""
+    u = W.sort(-1, descending=True).values
+    cand = (u.cumsum(-1) - target[..., None]) / torch.arange(1, u.shape[-1] + 1, dtype=u.dtype, device=u.device)
+    count = (u > cand).sum(-1, keepdim=True).clamp_min(1)
+    return cand.gather(-1, count - 1).squeeze(-1)
+
+
+def _block_round(Y, v, rck, m):
+    """One round of exact block-coordinate minimisation of θ: every α_i (the rows are
+    independent given β, γ) as ``max(0, τ_i)`` with ``Σ_j (Y − β − γ − τ_i)₊ = r_i``, then every
+    β_j likewise, then γ for the total.  Each block is minimised exactly, so θ never increases:
+    the fallback where the Newton step finds no sufficient decrease."""
+    v = v.clone()
+    n = Y.shape[2]
+    W = Y - v[:, None, m:-1] - v[:, -1:, None]
+    v[:, :m] = _thresholds(W, rck[:, :m]).clamp_min(0)
+    W = Y - v[:, :m, None] - v[:, -1:, None]
+    v[:, m:m + n] = _thresholds(W.mT, rck[:, m:m + n]).clamp_min(0)
+    v[:, -1] = _total_threshold(Y - v[:, :m, None] - v[:, None, m:-1], rck[:, -1])
+    return v
+
+
 def _hessian(theta: torch.Tensor) -> torch.Tensor:
     """The generalised Hessian H (N, m + n + 1, m + n + 1) on the support ``theta``."""
     N, m, n = theta.shape
@@ -226,15 +250,19 @@ def _newton(Y, r, c, k, *, tol, max_iter, target=None, start=None):
             if pend.numel() == 0:
                 break
             t[pend] = 0.5 * t[pend]
-        if pend.numel():  # no sufficient decrease along d: minimise θ over γ alone (exact, a descent)
-            vp = v_new[pend]
-            vp[:, -1] = _total_threshold(Yl[pend] - vp[:, :m, None] - vp[:, None, m:-1], rl[pend, -1])
-            v_new[pend] = vp
+        # No sufficient decrease along d, or no progress for _STALL steps above tol: a round of
+        # exact block-coordinate minimisation instead (a descent whatever H's conditioning).
+        slow = ((stale >= _STALL) & (res > tol)).nonzero().squeeze(1)
+        pend = torch.unique(torch.cat([pend, slow]))
+        if pend.numel():
+            v_new[pend] = _block_round(Yl[pend], v[pend], rl[pend], m)
         v = v_new
         Z, X, g = _state(Yl, v, rl, m)
         res = _natural_residual(v, g, scl, bounded)
         stale = torch.where(res <= 0.5 * best, torch.zeros_like(stale), stale + 1)
         best = torch.minimum(best, res)
+        if pend.numel():  # Newton gets _STALL more steps from the block-coordinate point
+            stale[pend], best[pend] = 0, res[pend]
     return out_X, out_v, out_res, out_it
 
 
