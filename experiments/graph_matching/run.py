@@ -11,11 +11,12 @@ time the same Hungarian decode (``pygmtools.hungarian``).  Only the final layer 
 Usage::
 
     polyproj graph-matching tune    --out runs/graph_matching          # hyper-parameters on validation
+    polyproj graph-matching tune --outliers 4 --out runs/graph_matching   # … with 4 outliers (used for R > 0)
     polyproj graph-matching compare --out runs/graph_matching          # 3 seeds × layers, test set
     polyproj graph-matching compare --outliers 0 2 4 8 --out runs/graph_matching
     polyproj graph-matching compare --quick --out runs/gm-quick        # < 1 minute smoke run
 
-Results: ``<out>/tuned.json`` (grid and choice), ``<out>/records/*.json`` (one per trained
+Results: ``<out>/tuned.json`` and ``tuned_partial.json`` (grid and choice), ``<out>/records/*.json`` (one per trained
 model: the resumable unit), ``<out>/results.json``, ``results.md`` and ``matches.png``.  Each
 training run checkpoints every :data:`CKPT_EVERY` steps and a killed run resumes.
 """
@@ -227,21 +228,25 @@ def tune(args) -> dict:
     ds = _load(args)
     out = Path(args.out)
     valid = data.fixed_pairs(ds.split("valid"), VALID_PAIRS_PER_CLASS, seed=99)
+    R = args.outliers[0]  # 0: the full matching; > 0: the choice used for every outlier count
     chosen, grid_log = {}, []
     for layer in args.layers:
+        if layer == "linsat" and R > 0 and not args.linsat_partial:
+            continue
         best = None
         for hp in GRIDS[layer]:
-            rec = run_one(ds, out, "tune", layer, hp, 0, args.tune_seed, args.steps, "train", valid)
+            rec = run_one(ds, out, "tune", layer, hp, R, args.tune_seed, args.steps, "train", valid)
             score = rec["mean"]["hungarian_f1"]
             grid_log.append({"layer": layer, "hp": hp, "valid_accuracy": score,
                              "max_violation": rec["max_violation"]})
-            print(f"tune {layer:9s} {hp}: validation accuracy {score:.4f}, violation {rec['max_violation']:.1e}")
+            print(f"tune R={R} {layer:9s} {hp}: validation F1 {score:.4f}, violation {rec['max_violation']:.1e}")
             if best is None or score > best[0]:
                 best = (score, hp)
         chosen[layer] = best[1]
-    result = {"chosen": chosen, "grid": grid_log, "steps": args.steps, "seed": args.tune_seed}
-    (out / "tuned.json").write_text(json.dumps(result, indent=2))
-    print(f"chosen: {chosen}  →  {out / 'tuned.json'}")
+    result = {"chosen": chosen, "grid": grid_log, "steps": args.steps, "seed": args.tune_seed, "outliers": R}
+    path = out / ("tuned.json" if R == 0 else "tuned_partial.json")
+    path.write_text(json.dumps(result, indent=2))
+    print(f"chosen: {chosen}  →  {path}")
     return result
 
 
@@ -260,6 +265,8 @@ def compare(args) -> dict:
     out = Path(args.out)
     tuned_path = Path(args.tuned) if args.tuned else out / "tuned.json"
     chosen = json.loads(tuned_path.read_text())["chosen"] if tuned_path.exists() else {}
+    partial_path = out / "tuned_partial.json"  # tuned with outliers (tune --outliers R), if present
+    chosen_partial = json.loads(partial_path.read_text())["chosen"] if partial_path.exists() else chosen
     test = data.fixed_pairs(ds.split("test"), args.test_pairs, seed=2024)
     records = []
     for R in args.outliers:
@@ -268,12 +275,13 @@ def compare(args) -> dict:
                 print(f"R={R}: LinSATNet skipped (see --linsat-partial): on the partial-matching constraints it "
                       f"takes ~16 s per fwd+bwd at batch 16 and 300 iterations (benchmarks/bench_partial_matching.py)")
                 continue
-            hp = chosen.get(layer, _default_hp(layer, args.quick))
+            hp = (chosen if R == 0 else chosen_partial).get(layer, _default_hp(layer, args.quick))
             for seed in args.seeds:
                 records.append(run_one(ds, out, "compare", layer, hp, R, seed, args.steps, "trainval", test,
                                        keep_outputs=True))
     summary = summarise(records, args)
     (out / "results.json").write_text(json.dumps({"tuned": chosen, "tuned_from": str(tuned_path) if chosen else None,
+                                                  "tuned_partial": chosen_partial,
                                                   "summary": summary, "records": records,
                                                   "config": vars(args) | {"func": None}}, indent=2))
     (out / "results.md").write_text(markdown(summary))
