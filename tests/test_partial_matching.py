@@ -159,3 +159,15 @@ def test_families_that_resemble_trained_scores(family):
         y, info = pp.project(Y, pp.PartialMatching(k), return_info=True)
         assert bool(info.converged.all()) and int(info.iterations.max()) <= 60
         assert float(pp.PartialMatching(k).violation(y, relative=True).max()) <= 1e-9
+
+
+def test_empty_batch_and_degenerate_shapes():
+    x = torch.zeros(0, 3, 4, dtype=F64, requires_grad=True)
+    y = pp.project(x, pp.PartialMatching(2))
+    assert y.shape == (0, 3, 4)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3, 4)
+    torch.testing.assert_close(pp.project(torch.zeros(2, 1, 1, dtype=F64), pp.PartialMatching(1)),
+                               torch.ones(2, 1, 1, dtype=F64))
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., m, n\) with every event dimension >= 1"):
+        pp.project(torch.zeros(2, 0, 3, dtype=F64), pp.PartialMatching(0))

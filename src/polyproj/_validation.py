@@ -85,8 +85,10 @@ def check_input(x, name: str, event_shape: tuple[int, ...], device: torch.device
     k = len(event_shape)
     trailing = tuple(x.shape[x.ndim - k:]) if x.ndim >= k else ()
     if x.ndim < k or any(e != -1 and t != e for t, e in zip(trailing, event_shape)) or (k and min(trailing) < 1):
-        expected = "(..., " + ", ".join("n" if e == -1 else str(e) for e in event_shape) + ")"
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+        free = iter(("m", "n") if sum(e == -1 for e in event_shape) == 2 else ("n",))
+        expected = "(..., " + ", ".join(next(free) if e == -1 else str(e) for e in event_shape) + ")"
+        sizes = " with every event dimension >= 1" if -1 in event_shape else ""
+        raise ValueError(f"{name} must have shape {expected}{sizes}, got {tuple(x.shape)}")
     if x.device != device and not (x.device.type == device.type and device.index is None) and x.device.type != "meta":
         raise ValueError(
             f"{name} is on device {x.device} but the constraint set is on {device}; "

@@ -150,6 +150,8 @@ def project_partial_transport(Y, r, c, k, *, tol: float, max_iter: int = 100, ta
     ``λ Y`` for ``λ`` growing by :data:`_STAGE_FACTOR` from :data:`_FIRST_STAGE` times the
     capacities to 1, each stage started from the previous duals times the growth factor."""
     N, m, n = Y.shape
+    if N == 0:
+        return Y.clone(), Y.new_zeros(0, m + n + 1), Y.new_zeros(0), torch.zeros(0, dtype=torch.long, device=Y.device)
     k = k.expand(N).to(Y.dtype)
     caps = torch.maximum(r.expand(N, m).abs().amax(-1), c.expand(N, n).abs().amax(-1))
     ratio = Y.abs().flatten(1).amax(-1) / caps.clamp_min(1e-300)
