@@ -135,6 +135,13 @@ def bce(P_hat: torch.Tensor, P: torch.Tensor, eps: float = 1e-3) -> torch.Tensor
     return torch.nn.functional.binary_cross_entropy(Q, P, reduction="sum") / P.shape[0]
 
 
+def frobenius(P_hat: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    return (P_hat - P).square().sum() / P.shape[0]
+
+
+LOSSES = {"bce": bce, "frobenius": frobenius}
+
+
 def decode(P_hat: torch.Tensor) -> torch.Tensor:
     """Hungarian decode (B, n, n) → 0/1 permutation matrices."""
     from scipy.optimize import linear_sum_assignment
@@ -152,7 +159,9 @@ def birkhoff_violation(X: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows, (-X).clamp_min(0).flatten(1).amax(-1))
 
 
-def train(model: Sorter, ds: data.Digits, part: str, n: int, steps: int, seed: int, ckpt: Path | None) -> dict:
+def train(model: Sorter, ds: data.Digits, part: str, n: int, steps: int, seed: int, ckpt: Path | None,
+          loss_name: str = "bce") -> dict:
+    loss_fn = LOSSES[loss_name]
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     start, step_ms, losses = 0, [], []
     if ckpt is not None and ckpt.exists():
@@ -165,7 +174,7 @@ def train(model: Sorter, ds: data.Digits, part: str, n: int, steps: int, seed: i
         imgs, _, P = data.sequences(ds, part, n, BATCH, rng)
         torch.manual_seed(seed * 1_000_003 + step)  # Gumbel noise
         t0 = time.perf_counter()
-        loss = bce(model(imgs), P)
+        loss = loss_fn(model(imgs), P)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -198,19 +207,21 @@ def evaluate(model: Sorter, ds: data.Digits, part: str, n: int, count: int, save
             "exact_01_share": float(((P_hat == 0) | (P_hat == 1)).float().mean())}
 
 
-def run_one(ds, out: Path, kind: str, layer: str, hp: dict, n: int, seed: int, steps: int, test_count: int) -> dict:
-    tag = "_".join(f"{k}{v}" for k, v in sorted(hp.items()))
+def run_one(ds, out: Path, kind: str, layer: str, hp: dict, n: int, seed: int, steps: int, test_count: int,
+            loss_name: str = "bce") -> dict:
+    tag = "_".join(f"{k}{v}" for k, v in sorted(hp.items())) + ("" if loss_name == "bce" else f"_{loss_name}")
     path = out / "records" / f"{kind}_{layer}_{tag}_n{n}_seed{seed}_steps{steps}.json"
     if path.exists():
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
     model = Sorter(PermutationLayer(layer, n, **hp), seed)
     t0 = time.perf_counter()
-    log = train(model, ds, "train" if kind == "tune" else "trainval", n, steps, seed, path.with_suffix(".ckpt"))
+    log = train(model, ds, "train" if kind == "tune" else "trainval", n, steps, seed, path.with_suffix(".ckpt"), loss_name)
     train_s = time.perf_counter() - t0
     outputs = path.with_suffix(".outputs.npz") if kind == "compare" else None
     ev = evaluate(model, ds, "valid" if kind == "tune" else "test", n, test_count, save_to=outputs)
-    rec = {"kind": kind, "layer": layer, "hp": hp, "n": n, "seed": seed, "steps": steps, "train_seconds": train_s,
+    rec = {"kind": kind, "layer": layer, "hp": hp, "n": n, "seed": seed, "steps": steps, "loss": loss_name,
+           "train_seconds": train_s,
            "outputs_file": str(outputs) if outputs else None,
            "step_ms_median": statistics.median(log["step_ms"]), "final_loss": float(np.mean(log["losses"][-50:])), **ev}
     tmp = path.with_suffix(".tmp")
@@ -244,7 +255,7 @@ def tune(args) -> dict:
     ds, out = data.load(), Path(args.out)
     chosen, grid = {}, []
     todo = [(L, hp) for L in args.layers for hp in GRIDS[L]]
-    recs = run_many([(ds, out, "tune", L, hp, args.tune_n, args.tune_seed, args.steps, args.test_sequences)
+    recs = run_many([(ds, out, "tune", L, hp, args.tune_n, args.tune_seed, args.steps, args.test_sequences, args.loss)
                      for L, hp in todo], args, "tune")
     for (L, hp), rec in zip(todo, recs):
         grid.append({"layer": L, "hp": hp, "valid_exact_accuracy": rec["exact_accuracy"],
@@ -263,12 +274,12 @@ def _ms(v):
 
 def compare(args) -> list:
     ds, out = data.load(), Path(args.out)
-    tuned = out / "tuned.json"
+    tuned = Path(args.tuned) if args.tuned else out / "tuned.json"
     chosen = json.loads(tuned.read_text())["chosen"] if tuned.exists() else {}
     default = {"neuralsort": {"tau": 1.0}, "sinkhorn": {"tau": 1.0}, "gumbel_sinkhorn": {"tau": 1.0},
                "linsat": {"tau": 1.0}, "exact": {"scale": 1.0}}
     todo = [(n, L, s) for n in args.n for L in args.layers for s in args.seeds]
-    records = run_many([(ds, out, "compare", L, chosen.get(L, default[L]), n, s, args.steps, args.test_sequences)
+    records = run_many([(ds, out, "compare", L, chosen.get(L, default[L]), n, s, args.steps, args.test_sequences, args.loss)
                         for n, L, s in todo], args, "compare")
     rows = []
     for n in args.n:
@@ -345,6 +356,9 @@ def parser():
     p.add_argument("--test-sequences", type=int, default=TEST_SEQUENCES)
     p.add_argument("--tune-n", type=int, default=5)
     p.add_argument("--tune-seed", type=int, default=100)
+    p.add_argument("--loss", choices=sorted(LOSSES), default="bce",
+                   help="the shared training loss (default: BCE against ε + (1 − 2ε) P̂)")
+    p.add_argument("--tuned", default=None, help="tuned.json to read (default: <out>/tuned.json)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=2, help="training processes (one thread each)")
     p.add_argument("--no-progress", action="store_true")
