@@ -59,6 +59,13 @@ def loss_fn(X: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy(P, gt, reduction="sum") / X.shape[0]
 
 
+def frobenius_loss(X: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    return (X - gt).square().sum() / X.shape[0]
+
+
+LOSSES = {"bce": loss_fn, "frobenius": frobenius_loss}
+
+
 def hungarian(X: torch.Tensor) -> torch.Tensor:
     import pygmtools
 
@@ -98,7 +105,8 @@ def build(layer: str, hp: dict, k: int, seed: int, in_channel: int) -> model.PCA
     return net
 
 
-def train(net, sampler: data.PairSampler, steps: int, seed: int, ckpt: Path | None, desc: str) -> dict:
+def train(net, sampler: data.PairSampler, steps: int, seed: int, ckpt: Path | None, desc: str,
+          loss_name: str = "bce") -> dict:
     """Adam on random pairs; the pairs and shuffles are a function of (seed, step) only, so every
     layer sees the same data and a resumed run continues exactly."""
     opt = torch.optim.Adam(net.parameters(), lr=LR)
@@ -115,7 +123,7 @@ def train(net, sampler: data.PairSampler, steps: int, seed: int, ckpt: Path | No
         b = sampler.batch(sampler.random_pairs(rng, BATCH), rng)
         t0 = time.perf_counter()
         X = net(b.feat1, b.feat2, b.A1, b.A2)
-        loss = loss_fn(X, b.gt)
+        loss = LOSSES[loss_name](X, b.gt)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -192,14 +200,15 @@ def layer_timing(net, k: int, reps: int = 30) -> float:
     return statistics.median(times[3:])
 
 
-def _record_path(out: Path, kind: str, layer: str, hp: dict, outliers: int, seed: int, steps: int) -> Path:
-    tag = "_".join(f"{k}{v}" for k, v in sorted(hp.items()))
+def _record_path(out: Path, kind: str, layer: str, hp: dict, outliers: int, seed: int, steps: int,
+                 loss_name: str = "bce") -> Path:
+    tag = "_".join(f"{k}{v}" for k, v in sorted(hp.items())) + ("" if loss_name == "bce" else f"_{loss_name}")
     return out / "records" / f"{kind}_{layer}_{tag}_R{outliers}_seed{seed}_steps{steps}.json"
 
 
 def run_one(ds, out: Path, kind: str, layer: str, hp: dict, outliers: int, seed: int, steps: int,
-            train_split: str, eval_pairs: dict, keep_outputs: bool = False) -> dict:
-    path = _record_path(out, kind, layer, hp, outliers, seed, steps)
+            train_split: str, eval_pairs: dict, keep_outputs: bool = False, loss_name: str = "bce") -> dict:
+    path = _record_path(out, kind, layer, hp, outliers, seed, steps, loss_name)
     if path.exists():
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,12 +216,13 @@ def run_one(ds, out: Path, kind: str, layer: str, hp: dict, outliers: int, seed:
     net = build(layer, hp, k, seed, ds.features.shape[2])
     sampler = data.PairSampler(ds, ds.split(train_split), outliers)
     t0 = time.perf_counter()
-    log = train(net, sampler, steps, seed, path.with_suffix(".ckpt"), f"{kind} {layer} {hp} R={outliers} seed {seed}")
+    log = train(net, sampler, steps, seed, path.with_suffix(".ckpt"), f"{kind} {layer} {hp} R={outliers} seed {seed}",
+                loss_name)
     train_s = time.perf_counter() - t0
     ev = evaluate(net, data.PairSampler(ds, ds.split("test" if kind == "compare" else "valid"), outliers),
                   eval_pairs, seed=1234, keep_outputs=keep_outputs,
                   save_to=path.with_suffix(".outputs.npz") if kind == "compare" else None)
-    rec = {"kind": kind, "layer": layer, "hp": hp, "outliers": outliers, "seed": seed, "steps": steps,
+    rec = {"kind": kind, "layer": layer, "hp": hp, "outliers": outliers, "seed": seed, "steps": steps, "loss": loss_name,
            "outputs_file": str(path.with_suffix(".outputs.npz")) if kind == "compare" else None,
            "train_seconds": train_s, "step_ms_median": statistics.median(log["step_ms"]),
            "layer_fwd_bwd_ms": layer_timing(net, k), "final_loss": float(np.mean(log["losses"][-50:])),
@@ -235,7 +245,7 @@ def tune(args) -> dict:
             continue
         best = None
         for hp in GRIDS[layer]:
-            rec = run_one(ds, out, "tune", layer, hp, R, args.tune_seed, args.steps, "train", valid)
+            rec = run_one(ds, out, "tune", layer, hp, R, args.tune_seed, args.steps, "train", valid, loss_name=args.loss)
             score = rec["mean"]["hungarian_f1"]
             grid_log.append({"layer": layer, "hp": hp, "valid_accuracy": score,
                              "max_violation": rec["max_violation"]})
@@ -265,7 +275,7 @@ def compare(args) -> dict:
     out = Path(args.out)
     tuned_path = Path(args.tuned) if args.tuned else out / "tuned.json"
     chosen = json.loads(tuned_path.read_text())["chosen"] if tuned_path.exists() else {}
-    partial_path = out / "tuned_partial.json"  # tuned with outliers (tune --outliers R), if present
+    partial_path = Path(args.tuned_partial) if args.tuned_partial else out / "tuned_partial.json"  # tune --outliers R
     chosen_partial = json.loads(partial_path.read_text())["chosen"] if partial_path.exists() else chosen
     test = data.fixed_pairs(ds.split("test"), args.test_pairs, seed=2024)
     records = []
@@ -278,7 +288,7 @@ def compare(args) -> dict:
             hp = (chosen if R == 0 else chosen_partial).get(layer, _default_hp(layer, args.quick))
             for seed in args.seeds:
                 records.append(run_one(ds, out, "compare", layer, hp, R, seed, args.steps, "trainval", test,
-                                       keep_outputs=True))
+                                       keep_outputs=True, loss_name=args.loss))
     summary = summarise(records, args)
     (out / "results.json").write_text(json.dumps({"tuned": chosen, "tuned_from": str(tuned_path) if chosen else None,
                                                   "tuned_partial": chosen_partial,
@@ -401,6 +411,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--test-pairs", type=int, default=TEST_PAIRS_PER_CLASS, help="test pairs per class")
     p.add_argument("--tuned", default=None, help="tuned.json to read (default: <out>/tuned.json)")
+    p.add_argument("--tuned-partial", default=None, help="tuned_partial.json to read (default: <out>/tuned_partial.json)")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="bce",
+                   help="the shared training loss (default: BCE against ε + (1 − 2ε) X)")
     p.add_argument("--tune-seed", type=int, default=100)
     p.add_argument("--linsat-partial", action="store_true",
                    help="also train LinSATNet with outliers (hours: its partial-matching kernel is slow)")
