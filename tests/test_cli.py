@@ -13,3 +13,13 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert main(["demo", "--epochs", "2", "--out", str(tmp_path)]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "demo.json").read_text())) == 2
+
+
+def test_experiment_subcommands_are_routed(capsys):
+    import pytest
+
+    for sub, words in (("graph-matching", "--outliers"), ("sorting", "--loss")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([sub, "--help"])
+        assert exit_info.value.code == 0
+        assert words in capsys.readouterr().out
