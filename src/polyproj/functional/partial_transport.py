@@ -47,16 +47,6 @@ _DELTA = 1e-2  # the ε-active threshold is min(residual, _DELTA) times the capa
 _MAX_HALVINGS = 40
 
 
-def _total_threshold(Y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """γ with Σ (Y − γ)₊ = k per sample (the projection onto {X ≥ 0, ΣX = k}; Condat 2016)."""
-    u = Y.flatten(1).sort(-1, descending=True).values
-    css = u.cumsum(-1) - k[:, None]
-    ind = torch.arange(1, u.shape[1] + 1, dtype=u.dtype, device=u.device)
-    cand = css / ind
-    count = (u > cand).sum(-1, keepdim=True).clamp_min(1)
-    return cand.gather(1, count - 1).squeeze(1)
-
-
 def _thresholds(W: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """τ (N, a) with ``Σ_b (W − τ)₊ = target`` for each row of ``W`` (N, a, b), ``target ≥ 0``
     (N, a); ``max_b W`` where the target is 0."""
@@ -64,6 +54,12 @@ def _thresholds(W: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     cand = (u.cumsum(-1) - target[..., None]) / torch.arange(1, u.shape[-1] + 1, dtype=u.dtype, device=u.device)
     count = (u > cand).sum(-1, keepdim=True).clamp_min(1)
     return cand.gather(-1, count - 1).squeeze(-1)
+
+
+def _total_threshold(Y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """γ with Σ (Y − γ)₊ = k per sample: :func:`_thresholds` of the whole matrix (the projection
+    onto {X ≥ 0, ΣX = k}; Condat 2016)."""
+    return _thresholds(Y.flatten(1)[:, None], k[:, None]).squeeze(1)
 
 
 def _block_round(Y, v, rck, m):
@@ -96,12 +92,21 @@ def _hessian(theta: torch.Tensor) -> torch.Tensor:
     return H
 
 
+def _sums(X):
+    """Row sums, column sums and total of X (N, m, n), as one (N, m + n + 1) tensor."""
+    return torch.cat([X.sum(2), X.sum(1), X.sum((1, 2))[:, None]], 1)
+
+
+def _targets(r, c, k, N):
+    """``(r, c, k)`` per sample, as one (N, m + n + 1) tensor."""
+    return torch.cat([r.expand(N, r.shape[-1]), c.expand(N, c.shape[-1]), k.expand(N)[:, None]], 1)
+
+
 def _state(Y, v, rck, m):
     """``Z``, ``X = Z₊`` and the dual gradient ``g`` at the duals ``v = (α, β, γ)``."""
     Z = Y - v[:, :m, None] - v[:, None, m:-1] - v[:, -1:, None]
     X = Z.clamp_min(0)
-    g = rck - torch.cat([X.sum(2), X.sum(1), X.sum((1, 2))[:, None]], 1)
-    return Z, X, g
+    return Z, X, rck - _sums(X)
 
 
 def _scales(r, c, k, Y):
@@ -118,8 +123,7 @@ def _scales(r, c, k, Y):
 def _residual_of(X, v, r, c, k):
     """The natural residual of :func:`_newton` at a primal point ``X`` and duals ``v``."""
     N, m, n = X.shape
-    g = torch.cat([r.expand(N, m), c.expand(N, n), k[:, None]], 1) - torch.cat(
-        [X.sum(2), X.sum(1), X.sum((1, 2))[:, None]], 1)
+    g = _targets(r, c, k, N) - _sums(X)
     return _natural_residual(v, g, _scales(r, c, k, X)[0], _bounded(m, n, X.device))
 
 
@@ -182,7 +186,7 @@ def _newton(Y, r, c, k, *, tol, max_iter, target=None, start=None):
     target = tol if target is None else min(target, tol)
     dev, dt = Y.device, Y.dtype
     p = m + n + 1
-    rck = torch.cat([r.expand(N, m), c.expand(N, n), k.expand(N)[:, None]], 1)
+    rck = _targets(r, c, k, N)
     scale, s_rc = _scales(r, c, k, Y)
     bounded = _bounded(m, n, dev)
 
@@ -288,9 +292,8 @@ def partial_transport_product(support, rows, cols, G):
     through one Cholesky.  Returns ``(J(G), (a, b, γ))``; the duals are also the gradients for
     the capacities and the total."""
     theta = support.to(G.dtype)
-    TG = theta * G
     act = torch.cat([rows, cols, torch.ones_like(rows[:, :1])], 1)
-    w = _face_solve(theta, act, torch.cat([TG.sum(2), TG.sum(1), TG.sum((1, 2))[:, None]], 1))
+    w = _face_solve(theta, act, _sums(theta * G))
     return _on_support(theta, G, w), w
 
 
@@ -327,6 +330,5 @@ def restore_feasibility(X, v, r, c, k):
     N, m, n = X.shape
     theta = (X > 0).to(X.dtype)
     act = torch.cat([v[:, : m + n] > 0, torch.ones_like(v[:, :1], dtype=torch.bool)], 1)
-    err = torch.cat([X.sum(2) - r.expand(N, m), X.sum(1) - c.expand(N, n), (X.sum((1, 2)) - k)[:, None]], 1)
-    w = _face_solve(theta, act, err)
+    w = _face_solve(theta, act, _sums(X) - _targets(r, c, k, N))
     return (X + _on_support(theta, torch.zeros_like(X), w)).clamp_min(0)  # X − Θ ⊙ (a1ᵀ + 1bᵀ + γ)
