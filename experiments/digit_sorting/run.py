@@ -40,6 +40,9 @@ import torch
 
 import polyproj as pp
 
+from experiment_tools import (LOSSES, format_hp, format_paired, mean_std, paired_difference, record_path,
+                              save_outputs, train_steps, write_record)
+
 from . import data
 
 LAYERS = ("neuralsort", "sinkhorn", "gumbel_sinkhorn", "linsat", "exact")
@@ -130,18 +133,6 @@ class Sorter(torch.nn.Module):
         return self.layer(neuralsort_matrix(self.scorer(images)))
 
 
-def bce(P_hat: torch.Tensor, P: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    Q = eps + (1 - 2 * eps) * P_hat
-    return torch.nn.functional.binary_cross_entropy(Q, P, reduction="sum") / P.shape[0]
-
-
-def frobenius(P_hat: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-    return (P_hat - P).square().sum() / P.shape[0]
-
-
-LOSSES = {"bce": bce, "frobenius": frobenius}
-
-
 def decode(P_hat: torch.Tensor) -> torch.Tensor:
     """Hungarian decode (B, n, n) → 0/1 permutation matrices."""
     from scipy.optimize import linear_sum_assignment
@@ -161,33 +152,13 @@ def birkhoff_violation(X: torch.Tensor) -> torch.Tensor:
 
 def train(model: Sorter, ds: data.Digits, part: str, n: int, steps: int, seed: int, ckpt: Path | None,
           loss_name: str = "bce") -> dict:
-    loss_fn = LOSSES[loss_name]
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    start, step_ms, losses = 0, [], []
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, step_ms, losses = state["step"], state["step_ms"], state["losses"]
-    for step in range(start, steps):
-        rng = np.random.default_rng([seed, n, step])
-        imgs, _, P = data.sequences(ds, part, n, BATCH, rng)
+    def batch(step):
+        imgs, _, P = data.sequences(ds, part, n, BATCH, np.random.default_rng([seed, n, step]))
         torch.manual_seed(seed * 1_000_003 + step)  # Gumbel noise
-        t0 = time.perf_counter()
-        loss = loss_fn(model(imgs), P)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step_ms.append(1e3 * (time.perf_counter() - t0))
-        losses.append(loss.item())
-        if not np.isfinite(losses[-1]):
-            raise FloatingPointError(f"loss is {losses[-1]} at step {step}")
-        if ckpt is not None and ((step + 1) % 250 == 0 or step + 1 == steps):
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                        "step_ms": step_ms, "losses": losses}, tmp)
-            tmp.replace(ckpt)
-    return {"step_ms": step_ms, "losses": losses}
+        return imgs, P
+
+    return train_steps(model, steps, ckpt, batch, lambda b: LOSSES[loss_name](model(b[0]), b[1]), lr=LR, every=250,
+                       desc=f"{model.layer.name} n={n} seed {seed}")
 
 
 @torch.no_grad()
@@ -197,9 +168,7 @@ def evaluate(model: Sorter, ds: data.Digits, part: str, n: int, count: int, save
     P_hat = torch.cat([model(imgs[i:i + 250]) for i in range(0, count, 250)])
     model.train()
     if save_to is not None:
-        tmp = save_to.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, P_hat=P_hat.numpy())
-        tmp.replace(save_to)
+        save_outputs(save_to, P_hat=P_hat.numpy())
     D = decode(P_hat)
     right = (D * P).sum(-1)  # (count, n): position i right
     return {"exact_accuracy": float((right.sum(-1) == n).float().mean()), "elementwise_accuracy": float(right.mean()),
@@ -209,8 +178,7 @@ def evaluate(model: Sorter, ds: data.Digits, part: str, n: int, count: int, save
 
 def run_one(ds, out: Path, kind: str, layer: str, hp: dict, n: int, seed: int, steps: int, test_count: int,
             loss_name: str = "bce") -> dict:
-    tag = "_".join(f"{k}{v}" for k, v in sorted(hp.items())) + ("" if loss_name == "bce" else f"_{loss_name}")
-    path = out / "records" / f"{kind}_{layer}_{tag}_n{n}_seed{seed}_steps{steps}.json"
+    path = record_path(out, kind, layer, hp, f"n{n}", seed, steps, loss_name)
     if path.exists():
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,10 +192,7 @@ def run_one(ds, out: Path, kind: str, layer: str, hp: dict, n: int, seed: int, s
            "train_seconds": train_s,
            "outputs_file": str(outputs) if outputs else None,
            "step_ms_median": statistics.median(log["step_ms"]), "final_loss": float(np.mean(log["losses"][-50:])), **ev}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec))
-    tmp.replace(path)
-    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    write_record(path, rec)
     return rec
 
 
@@ -268,10 +233,6 @@ def tune(args) -> dict:
     return chosen
 
 
-def _ms(v):
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-
-
 def compare(args) -> list:
     ds, out = data.load(), Path(args.out)
     tuned = Path(args.tuned) if args.tuned else out / "tuned.json"
@@ -290,14 +251,14 @@ def compare(args) -> list:
             rec = by[L]
             row = {"n": n, "layer": L, "hp": rec[0]["hp"], "seeds": [r["seed"] for r in rec]}
             for m in ("exact_accuracy", "elementwise_accuracy", "step_ms_median", "train_seconds"):
-                row[m] = _ms([r[m] for r in rec])
+                row[m] = mean_std([r[m] for r in rec])
             saved = [np.load(r["outputs_file"])["P_hat"] for r in rec]  # recomputed from the saved outputs
             row["max_violation"] = max(float(birkhoff_violation(torch.from_numpy(X)).max()) for X in saved)
-            row["exact_01_share"] = _ms([float(((X == 0) | (X == 1)).mean()) for X in saved])
+            row["exact_01_share"] = mean_std([float(((X == 0) | (X == 1)).mean()) for X in saved])
             if best and L != best:
-                ref = {r["seed"]: r["exact_accuracy"] for r in by[best]}
-                d = [r["exact_accuracy"] - ref[r["seed"]] for r in rec]
-                row["paired_diff_vs"], row["paired_diff"] = best, _ms(d) | {"per_seed": d}
+                row["paired_diff_vs"] = best
+                row["paired_diff"] = paired_difference({r["seed"]: r["exact_accuracy"] for r in rec},
+                                                       {r["seed"]: r["exact_accuracy"] for r in by[best]})
             rows.append(row)
     md = markdown(rows)
     (out / "results.json").write_text(json.dumps({"tuned": chosen, "summary": rows, "records": records,
@@ -313,13 +274,8 @@ def markdown(rows) -> str:
              "| max violation | exact 0/1 | step ms | train s |", "|" + "---|" * 10]
     f = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}"  # noqa: E731
     for r in rows:
-        diff = "—"
-        if "paired_diff" in r:
-            d = r["paired_diff"]
-            signs = "".join("+" if x > 0 else ("−" if x < 0 else "0") for x in d["per_seed"])
-            diff = f"{d['mean']:+.3f} ± {d['std']:.3f} vs {r['paired_diff_vs']} ({signs})"
-        hp = ", ".join(f"{k}={v}" for k, v in r["hp"].items())
-        lines.append(f"| {r['n']} | {r['layer']} | {hp} | {f(r['exact_accuracy'])} | {f(r['elementwise_accuracy'])} | {diff} "
+        lines.append(f"| {r['n']} | {r['layer']} | {format_hp(r['hp'])} | {f(r['exact_accuracy'])} | "
+                     f"{f(r['elementwise_accuracy'])} | {format_paired(r)} "
                      f"| {r['max_violation']:.1e} | {r['exact_01_share']['mean']:.2f} | {r['step_ms_median']['mean']:.1f} "
                      f"| {r['train_seconds']['mean']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from experiment_tools import (LOSSES, format_hp, format_paired, mean_std, paired_difference, record_path,
+                              save_outputs, train_steps, write_record)
 
 from . import data, layers, model
 
@@ -48,22 +50,9 @@ GRIDS = {  # tuned on the validation pairs (train on the first 15 training image
 HIDDEN = 256
 BATCH = 16
 LR = 1e-3
-EPS = 1e-3
 CKPT_EVERY = 200
 TEST_PAIRS_PER_CLASS = 200
 VALID_PAIRS_PER_CLASS = 20
-
-
-def loss_fn(X: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    P = EPS + (1 - 2 * EPS) * X
-    return torch.nn.functional.binary_cross_entropy(P, gt, reduction="sum") / X.shape[0]
-
-
-def frobenius_loss(X: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    return (X - gt).square().sum() / X.shape[0]
-
-
-LOSSES = {"bce": loss_fn, "frobenius": frobenius_loss}
 
 
 def hungarian(X: torch.Tensor) -> torch.Tensor:
@@ -109,34 +98,12 @@ def train(net, sampler: data.PairSampler, steps: int, seed: int, ckpt: Path | No
           loss_name: str = "bce") -> dict:
     """Adam on random pairs; the pairs and shuffles are a function of (seed, step) only, so every
     layer sees the same data and a resumed run continues exactly."""
-    opt = torch.optim.Adam(net.parameters(), lr=LR)
-    start, step_ms, losses = 0, [], []
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        start, step_ms, losses = state["step"], state["step_ms"], state["losses"]
-    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, leave=False,
-               disable=os.environ.get("POLYPROJ_NO_PROGRESS") == "1")
-    for step in bar:
+    def batch(step):
         rng = np.random.default_rng([seed, step])
-        b = sampler.batch(sampler.random_pairs(rng, BATCH), rng)
-        t0 = time.perf_counter()
-        X = net(b.feat1, b.feat2, b.A1, b.A2)
-        loss = LOSSES[loss_name](X, b.gt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step_ms.append(1e3 * (time.perf_counter() - t0))
-        losses.append(loss.item())
-        if not np.isfinite(losses[-1]):
-            raise FloatingPointError(f"{desc}: loss is {losses[-1]} at step {step}")
-        if ckpt is not None and ((step + 1) % CKPT_EVERY == 0 or step + 1 == steps):
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step + 1, "step_ms": step_ms,
-                        "losses": losses}, tmp)
-            tmp.replace(ckpt)
-    return {"step_ms": step_ms, "losses": losses}
+        return sampler.batch(sampler.random_pairs(rng, BATCH), rng)
+
+    return train_steps(net, steps, ckpt, batch, lambda b: LOSSES[loss_name](net(b.feat1, b.feat2, b.A1, b.A2), b.gt),
+                       lr=LR, every=CKPT_EVERY, desc=desc, progress=os.environ.get("POLYPROJ_NO_PROGRESS") != "1")
 
 
 @torch.no_grad()
@@ -166,9 +133,7 @@ def evaluate(net, sampler: data.PairSampler, pairs: dict[int, np.ndarray], seed:
     mean = {k: float(np.mean([v[k] for v in per_class.values()])) for k in next(iter(per_class.values()))}
     net.train()
     if save_to is not None:
-        tmp = save_to.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **{c: np.concatenate(v) for c, v in saved.items()})
-        tmp.replace(save_to)
+        save_outputs(save_to, **{c: np.concatenate(v) for c, v in saved.items()})
     return {"per_class": per_class, "mean": mean, "max_violation": viol, "exact_01_share": exact01 / total,
             "examples": outputs}
 
@@ -200,15 +165,9 @@ def layer_timing(net, k: int, reps: int = 30) -> float:
     return statistics.median(times[3:])
 
 
-def _record_path(out: Path, kind: str, layer: str, hp: dict, outliers: int, seed: int, steps: int,
-                 loss_name: str = "bce") -> Path:
-    tag = "_".join(f"{k}{v}" for k, v in sorted(hp.items())) + ("" if loss_name == "bce" else f"_{loss_name}")
-    return out / "records" / f"{kind}_{layer}_{tag}_R{outliers}_seed{seed}_steps{steps}.json"
-
-
 def run_one(ds, out: Path, kind: str, layer: str, hp: dict, outliers: int, seed: int, steps: int,
             train_split: str, eval_pairs: dict, keep_outputs: bool = False, loss_name: str = "bce") -> dict:
-    path = _record_path(out, kind, layer, hp, outliers, seed, steps, loss_name)
+    path = record_path(out, kind, layer, hp, f"R{outliers}", seed, steps, loss_name)
     if path.exists():
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,10 +186,7 @@ def run_one(ds, out: Path, kind: str, layer: str, hp: dict, outliers: int, seed:
            "train_seconds": train_s, "step_ms_median": statistics.median(log["step_ms"]),
            "layer_fwd_bwd_ms": layer_timing(net, k), "final_loss": float(np.mean(log["losses"][-50:])),
            "loss_curve": [float(np.mean(log["losses"][i:i + 50])) for i in range(0, len(log["losses"]), 50)], **ev}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec))
-    tmp.replace(path)
-    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    write_record(path, rec)
     return rec
 
 
@@ -301,10 +257,6 @@ def compare(args) -> dict:
     return summary
 
 
-def _ms(values):
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-
-
 def summarise(records, args) -> list[dict]:
     rows = []
     metric = "hungarian_f1"
@@ -317,23 +269,22 @@ def summarise(records, args) -> list[dict]:
         for L, recs in by_layer.items():
             row = {"outliers": R, "layer": L, "hp": recs[0]["hp"], "seeds": [r["seed"] for r in recs]}
             for m in recs[0]["mean"]:
-                row[m] = _ms([r["mean"][m] for r in recs])
+                row[m] = mean_std([r["mean"][m] for r in recs])
             for c in data.CLASSES:
-                row[f"acc_{c}"] = _ms([r["per_class"][c][metric] for r in recs])
+                row[f"acc_{c}"] = mean_std([r["per_class"][c][metric] for r in recs])
             stats = [output_stats(Path(r["outputs_file"])) for r in recs if Path(r.get("outputs_file", "")).is_file()]
             if len(stats) != len(recs):
                 raise FileNotFoundError(f"saved test outputs missing for {L}, R={R}: rerun compare to regenerate them")
             for key in ("max_violation", "max_capacity_violation", "max_total_gap"):  # from the saved outputs
                 row[key] = max(s[key] for s in stats)
-            row["exact_01_share"] = _ms([s["exact_01_share"] for s in stats])
-            row["layer_fwd_bwd_ms"] = _ms([r["layer_fwd_bwd_ms"] for r in recs])
-            row["step_ms"] = _ms([r["step_ms_median"] for r in recs])
-            row["train_seconds"] = _ms([r["train_seconds"] for r in recs])
+            row["exact_01_share"] = mean_std([s["exact_01_share"] for s in stats])
+            row["layer_fwd_bwd_ms"] = mean_std([r["layer_fwd_bwd_ms"] for r in recs])
+            row["step_ms"] = mean_std([r["step_ms_median"] for r in recs])
+            row["train_seconds"] = mean_std([r["train_seconds"] for r in recs])
             if best_base is not None and L != best_base:
-                base = {r["seed"]: r["mean"][metric] for r in by_layer[best_base]}
-                diffs = [r["mean"][metric] - base[r["seed"]] for r in recs if r["seed"] in base]
                 row["paired_diff_vs"] = best_base
-                row["paired_diff"] = _ms(diffs) | {"per_seed": diffs}
+                row["paired_diff"] = paired_difference({r["seed"]: r["mean"][metric] for r in recs},
+                                                       {r["seed"]: r["mean"][metric] for r in by_layer[best_base]})
             rows.append(row)
     return rows
 
@@ -344,15 +295,9 @@ def markdown(rows) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     f = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}"  # noqa: E731
     for r in rows:
-        diff = "—"
-        if "paired_diff" in r:
-            d = r["paired_diff"]
-            signs = "".join("+" if x > 0 else ("−" if x < 0 else "0") for x in d["per_seed"])
-            diff = f"{d['mean']:+.3f} ± {d['std']:.3f} vs {r['paired_diff_vs']} ({signs})"
-        hp = ", ".join(f"{k}={v}" for k, v in r["hp"].items())
-        lines.append(f"| {r['outliers']} | {r['layer']} | {hp} | {f(r['hungarian_f1'])} | "
+        lines.append(f"| {r['outliers']} | {r['layer']} | {format_hp(r['hp'])} | {f(r['hungarian_f1'])} | "
                      + " | ".join(f"{r[f'acc_{c}']['mean']:.3f}" for c in data.CLASSES)
-                     + f" | {diff} | {r['threshold_precision']['mean']:.3f} / {r['threshold_recall']['mean']:.3f} / "
+                     + f" | {format_paired(r)} | {r['threshold_precision']['mean']:.3f} / {r['threshold_recall']['mean']:.3f} / "
                        f"{f(r['threshold_f1'])} | {r['max_violation']:.1e} ({r['max_capacity_violation']:.1e}; "
                        f"{r['max_total_gap']:.1e}) | "
                        f"{r['exact_01_share']['mean']:.2f} | {r['layer_fwd_bwd_ms']['mean']:.2f} | "
