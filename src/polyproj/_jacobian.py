@@ -119,11 +119,17 @@ def transport_product(support: torch.Tensor, G: torch.Tensor):
 
 def transport_jacobian(support: torch.Tensor) -> torch.Tensor:
     """Explicit (N, mn, mn) Jacobian by applying :func:`transport_product` to a basis."""
-    N, m, n = support.shape
-    k = m * n
-    basis = torch.eye(k, dtype=torch.float64, device=support.device).reshape(k, m, n)
-    G = basis.unsqueeze(0).expand(N, k, m, n).reshape(N * k, m, n)
-    S = support.unsqueeze(1).expand(N, k, m, n).reshape(N * k, m, n)
-    JG, _, _ = transport_product(S, G)
-    J = JG.reshape(N, k, k)  # row j holds J e_j; J is symmetric
+    return jacobian_from_product(lambda S, G: transport_product(S, G)[0], (support,), support.shape[1:])
+
+
+def jacobian_from_product(product, state: tuple, event_shape) -> torch.Tensor:
+    """Explicit (N, d, d) matrix of a symmetric Jacobian product ``product(*state, G)`` (the
+    state tensors (N, …) per sample, ``G`` of shape (N, *event_shape)), applied to the d basis
+    matrices at once and symmetrised."""
+    N = state[0].shape[0]
+    d = int(torch.tensor(event_shape).prod())
+    basis = torch.eye(d, dtype=torch.float64, device=state[0].device).reshape(d, *event_shape)
+    G = basis.unsqueeze(0).expand(N, d, *event_shape).reshape(N * d, *event_shape)
+    rep = lambda t: t.unsqueeze(1).expand(N, d, *t.shape[1:]).reshape(N * d, *t.shape[1:])  # noqa: E731
+    J = product(*map(rep, state), G).reshape(N, d, d)  # row j holds J e_j; J is symmetric
     return 0.5 * (J + J.mT)

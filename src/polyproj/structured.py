@@ -754,14 +754,7 @@ class PartialMatching(_ParamSet):
         return partial_transport_product(*state, g)[0]
 
     def _jacobian(self, state):
-        support, rows, cols = state
-        N, m, n = support.shape
-        d = m * n
-        basis = torch.eye(d, dtype=torch.float64, device=support.device).reshape(d, m, n)
-        rep = lambda t: t.unsqueeze(1).expand(N, d, *t.shape[1:]).reshape(N * d, *t.shape[1:])  # noqa: E731
-        JG = self._vjp((rep(support), rep(rows), rep(cols)), basis.unsqueeze(0).expand(N, d, m, n).reshape(N * d, m, n))
-        J = JG.reshape(N, d, d)
-        return 0.5 * (J + J.mT)
+        return _jacobian.jacobian_from_product(lambda *a: self._vjp(a[:3], a[3]), state, state[0].shape[1:])
 
     def _violation(self, y):
         over = torch.maximum((y.sum(-1) - 1).clamp_min(0).amax(-1), (y.sum(-2) - 1).clamp_min(0).amax(-1))
