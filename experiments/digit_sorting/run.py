@@ -144,12 +144,6 @@ def decode(P_hat: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def birkhoff_violation(X: torch.Tensor) -> torch.Tensor:
-    X = X.double()
-    rows = torch.maximum((X.sum(-1) - 1).abs().amax(-1), (X.sum(-2) - 1).abs().amax(-1))
-    return torch.maximum(rows, (-X).clamp_min(0).flatten(1).amax(-1))
-
-
 def train(model: Sorter, ds: data.Digits, part: str, n: int, steps: int, seed: int, ckpt: Path | None,
           loss_name: str = "bce") -> dict:
     def batch(step):
@@ -172,7 +166,7 @@ def evaluate(model: Sorter, ds: data.Digits, part: str, n: int, count: int, save
     D = decode(P_hat)
     right = (D * P).sum(-1)  # (count, n): position i right
     return {"exact_accuracy": float((right.sum(-1) == n).float().mean()), "elementwise_accuracy": float(right.mean()),
-            "max_violation": float(birkhoff_violation(P_hat).max()),
+            "max_violation": float(pp.Birkhoff().violation(P_hat).max()),
             "exact_01_share": float(((P_hat == 0) | (P_hat == 1)).float().mean())}
 
 
@@ -253,7 +247,7 @@ def compare(args) -> list:
             for m in ("exact_accuracy", "elementwise_accuracy", "step_ms_median", "train_seconds"):
                 row[m] = mean_std([r[m] for r in rec])
             saved = [np.load(r["outputs_file"])["P_hat"] for r in rec]  # recomputed from the saved outputs
-            row["max_violation"] = max(float(birkhoff_violation(torch.from_numpy(X)).max()) for X in saved)
+            row["max_violation"] = max(float(pp.Birkhoff().violation(torch.from_numpy(X)).max()) for X in saved)
             row["exact_01_share"] = mean_std([float(((X == 0) | (X == 1)).mean()) for X in saved])
             if best and L != best:
                 row["paired_diff_vs"] = best
