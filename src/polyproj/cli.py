@@ -1,6 +1,7 @@
 """``polyproj`` command line: ``polyproj portfolio`` runs the portfolio experiment (the main
 job), ``polyproj graph-matching`` the Willow keypoint-matching experiment, ``polyproj sorting``
-the handwritten-number sorting experiment, ``polyproj demo`` trains a small network with a projection layer onto a random polyhedron."""
+the handwritten-number sorting experiment, ``polyproj hyperconnections`` the hyper-connection
+language-model experiment, ``polyproj demo`` trains a small network with a projection layer onto a random polyhedron."""
 
 from __future__ import annotations
 
@@ -143,6 +144,13 @@ def sorting(argv) -> int:
     return run_sorting(argv)
 
 
+def hyperconnections(argv) -> int:
+    sys.path.insert(0, str(_experiments_dir()))
+    from hyperconnections.run import main as run_hyperconnections
+
+    return run_hyperconnections(argv)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["portfolio"]:
@@ -152,11 +160,15 @@ def main(argv=None) -> int:
         return graph_matching(argv[1:])
     if argv[:1] == ["sorting"]:
         return sorting(argv[1:])
+    if argv[:1] == ["hyperconnections"]:
+        return hyperconnections(argv[1:])
     parser = argparse.ArgumentParser(prog="polyproj", description="polyproj command line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("portfolio", help="end-to-end portfolio allocation on S&P 500 data (see polyproj portfolio --help)")
     sub.add_parser("graph-matching", help="deep graph matching on Willow-ObjectClass (see polyproj graph-matching --help)")
     sub.add_parser("sorting", help="sorting handwritten numbers with permutation layers (see polyproj sorting --help)")
+    sub.add_parser("hyperconnections", help="doubly stochastic hyper-connections in a byte-level language model, "
+                                            "single-process or under torchrun (see polyproj hyperconnections --help)")
     d = sub.add_parser("demo", help="train an MLP with a projection layer onto a random polyhedron")
     d.add_argument("--epochs", type=int, default=15)
     d.add_argument("--batch-size", type=int, default=128)
