@@ -11,6 +11,9 @@ from polyproj.testing import certify_projection
 
 from problems import random_instance
 
+# each test runs with both forward engines of a Polyhedron (conftest.forward_engine)
+pytestmark = pytest.mark.usefixtures("forward_engine")
+
 F64 = torch.float64
 
 

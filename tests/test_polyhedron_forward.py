@@ -10,6 +10,9 @@ from polyproj.testing import certify_projection, reference_projection
 
 from problems import FAMILIES, known_projection, random_instance
 
+# each test runs with both forward engines of a Polyhedron (conftest.forward_engine)
+pytestmark = pytest.mark.usefixtures("forward_engine")
+
 
 def _project(X, A, a, B, b, **kw):
     P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,

@@ -10,6 +10,9 @@ import polyproj as pp
 
 from problems import FAMILIES, known_projection, random_instance
 
+# each test runs with both forward engines of a Polyhedron (conftest.forward_engine)
+pytestmark = pytest.mark.usefixtures("forward_engine")
+
 
 def _polyhedron(A, a, B, b):
     return pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,

@@ -3,12 +3,16 @@ dependent rows, weakly active constraints, more than n active rows, empty sets, 
 1e-6…1e6, float32 and float64."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import polyproj as pp
 from polyproj.testing import certify_projection
+
+# each test runs with both forward engines of a Polyhedron (conftest.forward_engine)
+pytestmark = pytest.mark.usefixtures("forward_engine")
 
 
 @st.composite

@@ -10,6 +10,9 @@ import torch
 import polyproj as pp
 from polyproj.testing import certify_projection
 
+# each test runs with both forward engines of a Polyhedron (conftest.forward_engine)
+pytestmark = pytest.mark.usefixtures("forward_engine")
+
 F64 = torch.float64
 SCALES = [1e-6, 1e-2, 1.0, 1e2, 1e4, 1e6, 1e8]
 N = 12

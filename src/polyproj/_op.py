@@ -4,7 +4,7 @@ Two custom operators (``torch.library.custom_op``) hold the numerics, opaque to
 ``torch.compile`` and given shapes for fake and meta tensors (``register_fake``) and batching
 rules (``register_vmap``):
 
-* ``polyproj::project(x, handle, batch, tol, max_iter, on_failure)`` — validate, solve, report
+* ``polyproj::project(x, handle, batch, tol, max_iter, on_failure, engine)`` — validate, solve, report
   failures (raise or warn), returning ``[y, active, kkt, iterations, converged, *state]``;
 * ``polyproj::vjp(g, handle, batch, state, with_inputs)`` — ``[J g]`` or ``[J g, *data gradients]``.
 
@@ -36,6 +36,7 @@ from ._errors import ConvergenceError, ConvergenceWarning
 _SETS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 _COUNTER = itertools.count(1)
 ON_FAILURE = ("raise", "warn")
+ENGINES = ("auto", "torch", "daqp")
 
 
 def register(pset) -> int:
@@ -53,7 +54,8 @@ def _set(handle: int):
 
 
 @torch.library.custom_op("polyproj::project", mutates_args=())
-def project_op(x: Tensor, handle: int, batch: list[int], tol: float, max_iter: int, on_failure: int) -> list[Tensor]:
+def project_op(x: Tensor, handle: int, batch: list[int], tol: float, max_iter: int, on_failure: int,
+               engine: int) -> list[Tensor]:
     from ._validation import check_finite
     from .project import ProjectionInfo
 
@@ -61,7 +63,10 @@ def project_op(x: Tensor, handle: int, batch: list[int], tol: float, max_iter: i
     pset = _set(handle)
     batch = torch.Size(batch)
     bound = pset._bind(batch)
-    sol = bound._solve(x, tol=tol, max_iter=max_iter)
+    if len(bound._engines) > 1:  # only sets with more than one forward engine take the argument
+        sol = bound._solve(x, tol=tol, max_iter=max_iter, engine=ENGINES[engine])
+    else:
+        sol = bound._solve(x, tol=tol, max_iter=max_iter)
     conv = sol.converged
     if not bool(conv.all()):
         if hasattr(bound, "_raise_if_empty"):
@@ -95,7 +100,7 @@ def _unaliased(tensors, *inputs):
 
 
 @project_op.register_fake
-def _project_fake(x, handle, batch, tol, max_iter, on_failure):
+def _project_fake(x, handle, batch, tol, max_iter, on_failure, engine):
     bound = _set(handle)._bind(torch.Size(batch))
     N = x.shape[0]
     meta = [((N, *x.shape[1:]), x.dtype), ((N,), torch.float64), ((N,), torch.long), ((N,), torch.bool)]
@@ -105,11 +110,11 @@ def _project_fake(x, handle, batch, tol, max_iter, on_failure):
 
 
 @project_op.register_vmap
-def _project_vmap(info, in_dims, x, handle, batch, tol, max_iter, on_failure):
+def _project_vmap(info, in_dims, x, handle, batch, tol, max_iter, on_failure, engine):
     # the vmapped dimension becomes one more leading batch dimension of the points
     xb = x.movedim(in_dims[0], 0)
     B = xb.shape[0]
-    out = project_op(xb.reshape(B * xb.shape[1], *xb.shape[2:]), handle, [B, *batch], tol, max_iter, on_failure)
+    out = project_op(xb.reshape(B * xb.shape[1], *xb.shape[2:]), handle, [B, *batch], tol, max_iter, on_failure, engine)
     return [o.reshape(B, -1, *o.shape[1:]) for o in out], [0] * len(out)
 
 
@@ -215,14 +220,14 @@ class ProjectFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, handle, batch, tol, max_iter, on_failure, *data):
+    def forward(x, handle, batch, tol, max_iter, on_failure, engine, *data):
         # data: the set's tensors that require grad, inputs only so that autograd routes their
         # gradients here (the operator reads them from the set)
-        return tuple(project_op(x, handle, batch, tol, max_iter, on_failure))
+        return tuple(project_op(x, handle, batch, tol, max_iter, on_failure, engine))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.handle, ctx.batch, ctx.n_data = inputs[1], inputs[2], len(inputs) - 6
+        ctx.handle, ctx.batch, ctx.n_data = inputs[1], inputs[2], len(inputs) - 7
         # the graph keeps the set alive (the handle table is weak): a set built for one call
         # must outlive it until the backward has run (compiled graphs hold their modules' sets)
         if not torch.compiler.is_compiling():
@@ -233,11 +238,11 @@ class ProjectFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, *unused):
-        none = (None,) * 5
+        none = (None,) * 6
         state = ctx.saved_tensors
-        if ctx.n_data and any(ctx.needs_input_grad[6:]):
+        if ctx.n_data and any(ctx.needs_input_grad[7:]):
             gx, *grads = _DataVJP.apply(grad_y, ctx.handle, ctx.batch, *state)
-            grads = tuple(gr if need else None for gr, need in zip(grads, ctx.needs_input_grad[6:]))
+            grads = tuple(gr if need else None for gr, need in zip(grads, ctx.needs_input_grad[7:]))
             return (gx, *none, *grads)
         return (_apply_j(grad_y, ctx.handle, ctx.batch, state), *none, *(None,) * ctx.n_data)
 
@@ -245,13 +250,14 @@ class ProjectFunction(torch.autograd.Function):
 class _ProjectForward(ProjectFunction):
     @staticmethod
     def jvp(ctx, x_t, *rest):
-        if any(t is not None for t in rest[5:]):
+        if any(t is not None for t in rest[6:]):
             raise NotImplementedError("forward-mode derivatives with respect to constraint data are not implemented")
         y_t = _apply_j(x_t, ctx.handle, ctx.batch, ctx.saved_tensors)
         return (y_t, None, None, None, None, *(None,) * (len(ctx.saved_tensors)))
 
 
-def apply_projection(x, pset, batch, tol, max_iter, on_failure, data):
+def apply_projection(x, pset, batch, tol, max_iter, on_failure, engine, data):
     """Run the projection on flat float64 points; returns the operator's outputs."""
     fn = ProjectFunction if torch.compiler.is_compiling() else _ProjectForward
-    return fn.apply(x, pset._handle, list(batch), tol, max_iter, ON_FAILURE.index(on_failure), *data)
+    return fn.apply(x, pset._handle, list(batch), tol, max_iter, ON_FAILURE.index(on_failure), ENGINES.index(engine),
+                    *data)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._op import apply_projection
+from ._op import ENGINES, apply_projection
+from .functional import active_set
 from ._validation import check_choice, check_positive_int, check_tolerance
 from .sets import ConvexSet
 
@@ -41,7 +42,7 @@ class ProjectionInfo:
     tol: float
 
 
-def _run(x, pset, tol, max_iter, on_failure):
+def _run(x, pset, tol, max_iter, on_failure, engine="auto"):
     if not isinstance(pset, ConvexSet):
         raise ValueError(f"P must be a polyproj constraint set (e.g. polyproj.Polyhedron), got {type(pset).__name__}")
     # values are checked in the operator, and the set is bound to the batch there: nothing
@@ -50,6 +51,12 @@ def _run(x, pset, tol, max_iter, on_failure):
     tol = check_tolerance(tol, x.dtype)
     max_iter = check_positive_int(max_iter, "max_iter")
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
+    engine = check_choice(engine, "engine", ENGINES)
+    if engine != "auto" and engine not in pset._engines:
+        raise ValueError(f"engine={engine!r} is not available for {type(pset).__name__} (its engines: "
+                         f"{', '.join(('auto', *pset._engines))})")
+    if engine == "daqp" and not active_set.available():
+        raise ImportError("engine='daqp' needs the daqp package: pip install daqp (or pip install 'polyproj[fast]')")
     event = flat.shape[1:]
     # Every set solves in float64 whatever the input dtype: a threshold x − τ formed in float32
     # loses the set's scale as soon as ‖x‖ is a few hundred times larger than it.
@@ -59,7 +66,7 @@ def _run(x, pset, tol, max_iter, on_failure):
     with torch.autocast(device_type=flat.device.type, enabled=False) if flat.device.type in ("cpu", "cuda") \
             else contextlib.nullcontext():
         y, active, kkt, iters, conv, *state = apply_projection(flat, pset, batch, tol, max_iter, on_failure,
-                                                               pset._grad_raw())
+                                                               engine, pset._grad_raw())
     info = ProjectionInfo(
         active=active.reshape(*batch, *active.shape[1:]),
         kkt_residual=kkt.reshape(batch),
@@ -71,7 +78,7 @@ def _run(x, pset, tol, max_iter, on_failure):
 
 
 def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter: int = 500,
-            on_failure: str = "raise", return_info: bool = False):
+            on_failure: str = "raise", return_info: bool = False, engine: str = "auto"):
     r"""Euclidean projection :math:`y = \Pi_P(x) = \arg\min_{y \in P} \tfrac12\|y - x\|^2`.
 
     Parameters
@@ -94,6 +101,14 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
         issues a :class:`polyproj.ConvergenceWarning` and is flagged in ``info.converged``.
     return_info : bool
         Also return a :class:`ProjectionInfo`.
+    engine : {"auto", "torch", "daqp"}
+        The forward solver of a :class:`polyproj.Polyhedron` (other sets have one).  ``"torch"``:
+        the batched semismooth Newton/ALM solver, any device.  ``"daqp"``: the compiled dual
+        active-set solver DAQP, one call per sample, CPU only (``pip install daqp``); samples it
+        does not certify go to the batched solver.  ``"auto"`` (default): DAQP on CPU for
+        problems of at most 128 variables and 256 rows when it is installed, else the batched
+        solver.  Every engine's output is certified to ``tol`` by the same KKT residual, and the
+        backward is the same.
 
     Returns
     -------
@@ -102,7 +117,7 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
         Jacobian of :math:`\Pi_P` (Bolte & Pauwels 2021).
     info : ProjectionInfo, only if ``return_info``.
     """
-    y, info, _, _ = _run(x, P, tol, max_iter, on_failure)
+    y, info, _, _ = _run(x, P, tol, max_iter, on_failure, engine)
     return (y, info) if return_info else y
 
 

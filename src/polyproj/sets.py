@@ -26,6 +26,7 @@ stationarity and complementarity hold to ``tol`` relative to ``max(‖x‖∞, �
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from . import _op
 from ._errors import InfeasibleError
 from ._feasibility import check_nonempty
 from ._validation import DEFAULT_TOL, as_tensor, broadcast_batch, check_input
+from .functional import active_set
 from .functional.polyhedron import PolyhedronData, solve_polyhedron
 
 __all__ = ["ConvexSet", "Polyhedron", "SetSolution"]
@@ -60,6 +62,12 @@ def sum_to(grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if grad.ndim == t.ndim and grad.shape == t.shape:
         return grad
     return grad.sum_to_size(t.shape) if grad.ndim == t.ndim else grad.sum(0).sum_to_size(t.shape)
+
+
+@functools.cache
+def _init_signature(cls) -> inspect.Signature:
+    """``cls.__init__``'s signature, read once per class (sets are built at every call)."""
+    return inspect.signature(cls.__init__)
 
 
 @dataclass
@@ -90,7 +98,7 @@ class ConvexSet:
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
-        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound = _init_signature(cls).bind(None, *args, **kwargs)
         bound.apply_defaults()
         obj._init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
         obj._watched = tuple((k, v, v._version) for k, v in obj._init_args.items()
@@ -145,6 +153,9 @@ class ConvexSet:
 
     def to(self, device) -> "ConvexSet":  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # forward engines besides "auto" (functional/active_set.py); "auto" picks among them
+    _engines: tuple = ("torch",)
 
     def _bind(self, batch: torch.Size) -> "ConvexSet":
         return self
@@ -273,6 +284,8 @@ class Polyhedron(ConvexSet):
     tensor([0.5000, 0.5000], dtype=torch.float64)
     """
 
+    _engines = ("torch", "daqp")
+
     def __init__(self, A=None, a=None, B=None, b=None, *, check_feasibility: bool = True):
         if (A is None) != (a is None):
             raise ValueError("A and a must be given together (A y <= a); got only " + ("A" if a is None else "a"))
@@ -398,8 +411,13 @@ class _BoundPolyhedron(ConvexSet):
         extra = [((N, K), torch.float64), ((N, n), torch.float64)] if self.params else []
         return [((N, m), torch.bool), ((N, K), torch.bool), *extra]
 
-    def _solve(self, x, *, tol, max_iter):
-        res = solve_polyhedron(self.data, x, tol=tol, max_iter=max_iter)
+    _engines = ("torch", "daqp")
+
+    def _solve(self, x, *, tol, max_iter, engine="auto"):
+        if engine == "daqp" or (engine == "auto" and active_set.applicable(self.data, x)):
+            res = active_set.solve_polyhedron_active_set(self.data, x, tol=tol, max_iter=max_iter)
+        else:
+            res = solve_polyhedron(self.data, x, tol=tol, max_iter=max_iter)
         # (the saved y is a copy: the output itself must stay differentiable)
         state = (res.active, res.multipliers, res.y.clone()) if self.params else (res.active,)
         return SetSolution(res.y, res.active[:, : self.data.m], res.kkt, res.iterations, res.converged, state)
