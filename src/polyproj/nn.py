@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._validation import check_choice, check_positive_int, check_tolerance
+from ._op import ENGINES
 from .project import project
 from .sets import ConvexSet
 
@@ -14,7 +15,7 @@ __all__ = ["Projection"]
 class Projection(torch.nn.Module):
     r"""A layer computing the exact Euclidean projection :math:`y = \Pi_P(x)`.
 
-    ``layer(x) == polyproj.project(x, P, tol=tol, max_iter=max_iter, on_failure=on_failure)``.
+    ``layer(x) == polyproj.project(x, P, tol=tol, max_iter=max_iter, on_failure=on_failure, engine=engine)``.
     Moving the module (``.to(device)``, ``.cuda()``) moves the set with it.  The last call's
     :class:`polyproj.ProjectionInfo` is kept in ``layer.last_info`` for monitoring.
 
@@ -35,7 +36,8 @@ class Projection(torch.nn.Module):
     tensor([[ 0.5000,  1.0000, -1.0000]], dtype=torch.float64)
     """
 
-    def __init__(self, P: ConvexSet, *, tol: float | None = None, max_iter: int = 500, on_failure: str = "raise"):
+    def __init__(self, P: ConvexSet, *, tol: float | None = None, max_iter: int = 500, on_failure: str = "raise",
+                 engine: str = "auto"):
         super().__init__()
         if not isinstance(P, ConvexSet):
             raise ValueError(f"P must be a polyproj constraint set, got {type(P).__name__}")
@@ -45,6 +47,10 @@ class Projection(torch.nn.Module):
         self.tol = tol
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
+        self.engine = check_choice(engine, "engine", ENGINES)
+        if engine != "auto" and engine not in P._engines:
+            raise ValueError(f"engine={engine!r} is not available for {type(P).__name__} (its engines: "
+                             f"{', '.join(('auto', *P._engines))})")
         self.last_info = None
         # The set's tensor data become the module's: parameters (nn.Parameter) are trained and
         # read at every call, other tensors are buffers; both follow .to(), state_dict and DDP.
@@ -80,7 +86,7 @@ class Projection(torch.nn.Module):
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         y, self.last_info = project(x, self.current_set(), tol=self.tol, max_iter=self.max_iter,
-                                    on_failure=self.on_failure, return_info=True)
+                                    on_failure=self.on_failure, return_info=True, engine=self.engine)
         return y
 
     # A set rebuilt from learned data at every call is a new Python object: under torch.compile
@@ -96,4 +102,4 @@ class Projection(torch.nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"{self.set!r}, tol={self.tol}, max_iter={self.max_iter}"
+        return f"{self.set!r}, tol={self.tol}, max_iter={self.max_iter}, engine={self.engine!r}"
