@@ -28,6 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (name, file under src/polyproj, text to replace, replacement); lists for several edits
 DEFECTS = [
+    ("DAQP answers accepted without the certificate", "functional/active_set.py",
+     'kkt = torch.where(ok, kkt_residual(data, x, y, nu, sx), torch.full_like(sx, float("inf")))',
+     'kkt = torch.where(ok, torch.zeros_like(sx), torch.full_like(sx, float("inf")))'),
+    ("DAQP engine never falls back to the batched solver", "functional/active_set.py",
+     "redo = (~(kkt <= tol)).nonzero().flatten()", "redo = torch.zeros(0, dtype=torch.long)"),
+    ("layer ignores its engine", "nn.py",
+     "return_info=True, engine=self.engine)", "return_info=True)"),
     ("layer never moves its set", "nn.py",
      "self.set = self.set.to(probe.device)", "self.set = self.set"),
     ("info.iterations reported as zeros", "project.py",

@@ -25,7 +25,6 @@ import torch
 
 try:  # optional: ``pip install polyproj[fast]``
     import daqp as _daqp
-    from ctypes import c_int as _c_int
 except ImportError:  # pragma: no cover - exercised where daqp is absent
     _daqp = None
 
@@ -59,7 +58,7 @@ def solve_daqp(data, x: torch.Tensor, max_iter: int = 1000):
     c = data.c.numpy()
     per_C, per_c = C.ndim == 3, c.ndim == 2
     H = np.eye(n)
-    sense = np.zeros(K, dtype=_c_int)
+    sense = np.zeros(K, dtype=np.intc)  # DAQP's constraint kinds (C int)
     sense[m:] = 5  # equality rows
     lower = np.full(K, -_INF)
     y, nu = np.empty((N, n)), np.zeros((N, K))
