@@ -138,6 +138,36 @@ def size_row(n, m, p, batch, threads, repeats, with_qpth):
     return row
 
 
+def latency_profile(n, m, p, repeats):
+    """Where one sample's forward+backward goes (engine "auto" = DAQP here): each stage timed
+    alone, the rest of a ``project`` call (validation, operator dispatch, autograd) by
+    difference."""
+    from polyproj import _jacobian
+    from polyproj.functional import active_set
+
+    torch.set_num_threads(1)
+    A, a, B, b, X = make_problem(n, m, p, 1)
+    P = pp.Polyhedron(A=A, a=a, B=B, b=b)
+    x = torch.tensor(X)
+    data = P._bind(torch.Size([1])).data
+    res = active_set.solve_polyhedron_active_set(data, x, tol=1e-9, max_iter=500)
+    g = torch.randn_like(x)
+    xr = x.clone().requires_grad_()
+    stages = {
+        "DAQP solve (C, via its Python wrapper)": lambda: active_set.solve_daqp(data, x),
+        "certificate, face correction, active rows": None,
+        "HS-Jacobian product (backward numerics)": lambda: _jacobian.masked_nullspace_product(data, res.active, g),
+        "project() forward, total": lambda: pp.project(x, P),
+        "project() forward + backward, total": lambda: pp.project(xr, P).backward(g),
+    }
+    t = {k: median_ms(f, repeats) for k, f in stages.items() if f is not None}
+    solve_total = median_ms(lambda: active_set.solve_polyhedron_active_set(data, x, tol=1e-9, max_iter=500), repeats)
+    t["certificate, face correction, active rows"] = solve_total - t["DAQP solve (C, via its Python wrapper)"]
+    t["validation, operator dispatch, autograd (by difference)"] = (
+        t["project() forward + backward, total"] - solve_total - t["HS-Jacobian product (backward numerics)"])
+    return {"n": n, "m": m, "p": p, "ms": t}
+
+
 def curve_rows(repeats):
     torch.set_num_threads(1)
     rows = []
@@ -200,10 +230,14 @@ def main(argv=None):
     print("certified:", all(r["polyproj_converged"] for r in rows), " worst KKT (auto):",
           max(r["polyproj_auto_kkt"] for r in rows), " largest difference auto vs torch:",
           max(r["polyproj_auto_diff"] for r in rows))
+    profile = [latency_profile(n, m, p, 4 * args.repeats) for n, m, p in LATENCY]
+    print("\nbatch 1, where the time goes (ms):")
+    for k in profile[0]["ms"]:
+        print(f"  {k:<58}" + "".join(f"{pr['ms'][k]:>8.3f}" for pr in profile))
     curves = curve_rows(max(5, args.repeats // 3))
     meta = {"commit": commit(), "dtype": "float64", "device": "cpu",
             "versions": versions("polyproj", "proxsuite", "qpth", "daqp"), "repeats": args.repeats}
-    write_json(args.out / "latency.json", {"meta": meta, "rows": rows, "curves": curves})
+    write_json(args.out / "latency.json", {"meta": meta, "rows": rows, "profile": profile, "curves": curves})
     plot(curves, args.out / "latency.png")
     print(f"wrote {args.out / 'latency.json'} and latency.png")
 

@@ -244,6 +244,9 @@ class ProjectFunction(torch.autograd.Function):
             gx, *grads = _DataVJP.apply(grad_y, ctx.handle, ctx.batch, *state)
             grads = tuple(gr if need else None for gr, need in zip(grads, ctx.needs_input_grad[7:]))
             return (gx, *none, *grads)
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # no graph of the backward is being built (no double backward): the product itself
+            return (vjp_op(grad_y, ctx.handle, ctx.batch, list(state), False)[0], *none, *(None,) * ctx.n_data)
         return (_apply_j(grad_y, ctx.handle, ctx.batch, state), *none, *(None,) * ctx.n_data)
 
 

@@ -58,6 +58,8 @@ def as_tensor(value, name: str, *, device=None, ndim: int | tuple[int, ...] | No
 
 def broadcast_batch(x_batch, set_batch, name: str = "x") -> torch.Size:
     """The broadcast of an input's batch shape with a constraint set's batch shape."""
+    if not set_batch:  # shared data (the common case): no broadcast to compute
+        return torch.Size(x_batch)
     try:
         return torch.broadcast_shapes(tuple(x_batch), tuple(set_batch))
     except RuntimeError:

@@ -63,8 +63,8 @@ def _run(x, pset, tol, max_iter, on_failure, engine="auto"):
     flat = flat.to(torch.float64)
     # Inside an autocast region the solve stays in float64 (no op of it may be downcast); the
     # output comes back in the input's dtype, as autocast users expect.
-    with torch.autocast(device_type=flat.device.type, enabled=False) if flat.device.type in ("cpu", "cuda") \
-            else contextlib.nullcontext():
+    autocast = flat.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(flat.device.type)
+    with torch.autocast(device_type=flat.device.type, enabled=False) if autocast else contextlib.nullcontext():
         y, active, kkt, iters, conv, *state = apply_projection(flat, pset, batch, tol, max_iter, on_failure,
                                                                engine, pset._grad_raw())
     info = ProjectionInfo(

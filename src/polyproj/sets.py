@@ -398,6 +398,12 @@ class _BoundPolyhedron(ConvexSet):
     stay shared), with the raw constraint tensors that require grad: what the solver and the
     backward see."""
 
+    def __new__(cls, *args, **kwargs):
+        # built twice per projection (forward and backward) and never handed to users or
+        # operators: no recorded arguments, no handle (they cost more than the solve of one
+        # small sample)
+        return object.__new__(cls)
+
     def __init__(self, data: PolyhedronData, scale, params: dict, N: int, n: int, batch: torch.Size):
         self.data, self.scale, self.params, self.N, self.batch = data, scale, params, N, batch
         self.event_shape = (n,)

@@ -87,14 +87,15 @@ def solve_polyhedron_active_set(data, x: torch.Tensor, *, tol: float, max_iter: 
         return solve_polyhedron(data, x, tol=tol, max_iter=max_iter)
     y, nu, iters, ok = solve_daqp(data, x, max_iter)
     sx = x.abs().amax(-1)
-    kkt = torch.where(ok, kkt_residual(data, x, y, nu, sx), torch.full_like(sx, float("inf")))
+    z = data.rows(y)
+    kkt = torch.where(ok, kkt_residual(data, x, y, nu, sx, z), torch.full_like(sx, float("inf")))
     # y = x − Cᵀν carries rounding at the scale of x: one correction on the active face brings
     # the active rows to rounding at the set's scale (as the batched solver's last step does);
     # kept where it certifies with a smaller violation
-    z = data.rows(y)
-    face = data.eq | (nu > 0) | (data.c - z <= _ACTIVE_TAU * data.row_scales(y))
+    face = data.eq | (nu > 0) | (data.c - z <= _ACTIVE_TAU * data.row_scales(y))  # = active_rows(data, y, nu)
     y_r, nu_r, z_r = _restore_face(data, face, y, nu, z, tol)
-    if y_r is not y:  # (returned unchanged where no active row is off by more than 10⁻³·tol)
+    changed = y_r is not y  # (returned unchanged where no active row is off by more than 10⁻³·tol)
+    if changed:
         k_r = kkt_residual(data, x, y_r, nu_r, sx, z_r)
         won = ok & (k_r <= tol) & (data.relative_violation(y_r, z_r - data.c) <= data.relative_violation(y, z - data.c))
         y, nu = torch.where(won[:, None], y_r, y), torch.where(won[:, None], nu_r, nu)
@@ -105,5 +106,7 @@ def solve_polyhedron_active_set(data, x: torch.Tensor, *, tol: float, max_iter: 
         better = ~(kkt[redo] <= sub.kkt)
         j = redo[better]
         y[j], nu[j], kkt[j], iters[j] = sub.y[better], sub.multipliers[better], sub.kkt[better], sub.iterations[better]
+    if changed or redo.numel():
+        face = active_rows(data, y, nu)
     converged = (kkt <= tol) & torch.isfinite(y).all(-1)
-    return SolveResult(y, active_rows(data, y, nu), nu, kkt, iters, converged)
+    return SolveResult(y, face, nu, kkt, iters, converged)
