@@ -63,13 +63,21 @@ def solve_daqp(data, x: torch.Tensor, max_iter: int = 1000):
     lower = np.full(K, -_INF)
     y, nu = np.empty((N, n)), np.zeros((N, K))
     iters, ok = np.zeros(N, dtype=np.int64), np.zeros(N, dtype=bool)
-    Ci = np.ascontiguousarray(C) if not per_C else None
+    Ci = None if per_C else np.ascontiguousarray(C)
+    if not per_c:  # shared right-hand sides: the bounds are built once
+        up_shared = np.ascontiguousarray(c)
+        lo_shared = lower.copy()
+        lo_shared[m:] = up_shared[m:]
     for i in range(N):
-        Ci_ = np.ascontiguousarray(C[i]) if per_C else Ci
-        up = c[i] if per_c else c
-        lo = lower.copy()
-        lo[m:] = up[m:]
-        yi, _, flag, info = _daqp.solve(H, -X[i], Ci_, np.ascontiguousarray(up), lo, sense.copy(), iter_limit=max_iter)
+        if per_c:
+            up = np.ascontiguousarray(c[i])
+            lo = lower.copy()
+            lo[m:] = up[m:]
+        else:
+            up, lo = up_shared, lo_shared
+        # (DAQP writes its working set into ``sense``: a fresh copy per call)
+        yi, _, flag, info = _daqp.solve(H, -X[i], np.ascontiguousarray(C[i]) if per_C else Ci, up, lo, sense.copy(),
+                                        iter_limit=max_iter)
         if flag == 1:
             y[i], nu[i], iters[i], ok[i] = yi, info["lam"], info["iterations"], True
         else:
