@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (name, file under src/polyproj, text to replace, replacement); lists for several edits
 DEFECTS = [
     ("DAQP answers accepted without the certificate", "functional/active_set.py",
-     'kkt = torch.where(ok, kkt_residual(data, x, y, nu, sx), torch.full_like(sx, float("inf")))',
+     'kkt = torch.where(ok, kkt_residual(data, x, y, nu, sx, z), torch.full_like(sx, float("inf")))',
      'kkt = torch.where(ok, torch.zeros_like(sx), torch.full_like(sx, float("inf")))'),
     ("DAQP engine never falls back to the batched solver", "functional/active_set.py",
      "redo = (~(kkt <= tol)).nonzero().flatten()", "redo = torch.zeros(0, dtype=torch.long)"),
