@@ -82,10 +82,6 @@ def test_automatic_choice():
     assert not active_set.applicable(big._bind(torch.Size([16])).data, xb)
     many_rows, _, xr = _problem(n=10, m=active_set.AUTO_MAX_K + 1, p=0)
     assert not active_set.applicable(many_rows._bind(torch.Size([16])).data, xr)
-    # larger problems: DAQP for small batches only (the batched solver wins on many samples)
-    mid, _, xm = _problem(n=100, m=90, p=10, batch=active_set.AUTO_SMALL_BATCH + 1)
-    assert not active_set.applicable(mid._bind(torch.Size([xm.shape[0]])).data, xm)
-    assert active_set.applicable(mid._bind(torch.Size([4])).data, xm[:4])
 
 
 def test_layer_passes_its_engine(monkeypatch):
