@@ -48,12 +48,49 @@ def applicable(data, x: torch.Tensor) -> bool:
             and data.K <= AUTO_MAX_K)
 
 
+def _eliminated_equalities(data, x: torch.Tensor, max_iter: int):
+    """With shared rows ``[A; B]``, ``B`` (p×n) of full row rank and inequality rows too, the
+    equalities are eliminated once: ``Bᵀ = Q R`` (complete QR), ``y = y_p + N w`` with
+    ``y_p = Q₁ R⁻ᵀ b`` and ``N`` an orthonormal basis of ker B, so that
+    ``½‖y − x‖² = ½‖w − Nᵀx‖² + const`` and each sample is the smaller, inequality-only problem
+    ``min ½‖w − Nᵀx‖²  s.t.  (A N) w ≤ a − A y_p``.  The equality multipliers follow from
+    stationarity, ``μ = R⁻¹ Q₁ᵀ (x − y − Aᵀλ)``.  Returns ``None`` where this does not apply."""
+    m, K = data.m, data.K
+    n = x.shape[1]
+    p = K - m
+    if data.C.ndim == 3 or p == 0 or m == 0 or p >= n or x.shape[0] < 2:
+        return None
+    A, B = data.C[:m], data.C[m:]
+    Q, R = torch.linalg.qr(B.T, mode="complete")
+    d = R.diagonal()[:p].abs()
+    if bool((d <= 1e-12 * d.max().clamp_min(1e-300)).any()):  # dependent equality rows: solve as they are
+        return None
+    Q1, N, R1 = Q[:, :p], Q[:, p:], R[:p]
+    c = data.c
+    a, b = (c[..., :m], c[..., m:])
+    y_p = torch.linalg.solve_triangular(R1.T, b.T if b.ndim == 2 else b[:, None], upper=False).T @ Q1.T  # (N or 1, n)
+    A_red = A @ N
+    upper = a - y_p @ A.T  # (N or 1, m)
+    reduced = type(data).from_rows(A_red, upper[0] if upper.shape[0] == 1 else upper, m)
+    w, lam, iters, ok = _daqp_loop(reduced, x @ N, max_iter)
+    y = y_p + w @ N.T
+    mu = torch.linalg.solve_triangular(R1, ((x - y - lam @ A) @ Q1).T, upper=True).T
+    return y, torch.cat([lam, mu], 1), iters, ok
+
+
 def solve_daqp(data, x: torch.Tensor, max_iter: int = 1000):
     """``(y, ν, iterations, ok)`` for the rows of ``x`` (N, n) float64 on CPU, at most
     ``max_iter`` active-set changes each; ``ok`` (N,) is DAQP's own success flag (the caller
-    certifies and falls back)."""
+    certifies and falls back).  Shared equality rows are eliminated first where they can be
+    (:func:`_eliminated_equalities`)."""
     if _daqp is None:
         raise ImportError("engine='daqp' needs the daqp package: pip install daqp (or polyproj[fast])")
+    reduced = _eliminated_equalities(data, x, max_iter)
+    return reduced if reduced is not None else _daqp_loop(data, x, max_iter)
+
+
+def _daqp_loop(data, x: torch.Tensor, max_iter: int):
+    """DAQP on each row of ``x``: ``(y, ν, iterations, ok)``."""
     N, n = x.shape
     K, m = data.K, data.m
     X = x.detach().numpy()
