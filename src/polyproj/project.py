@@ -104,7 +104,8 @@ def project(x: torch.Tensor, P: ConvexSet, *, tol: float | None = None, max_iter
     engine : {"auto", "torch", "daqp"}
         The forward solver of a :class:`polyproj.Polyhedron` (other sets have one).  ``"torch"``:
         the batched semismooth Newton/ALM solver, any device.  ``"daqp"``: the compiled dual
-        active-set solver DAQP, one call per sample, CPU only (``pip install daqp``); samples it
+        active-set solver DAQP, one call per sample, CPU only (``pip install daqp``; on CUDA the
+        batched solver runs); samples it
         does not certify go to the batched solver.  ``"auto"`` (default): DAQP on CPU for
         problems of at most 128 variables and 256 rows when it is installed, else the batched
         solver.  Every engine's output is certified to ``tol`` by the same KKT residual, and the
