@@ -113,7 +113,7 @@ def test_shared_equalities_are_eliminated_once():
     sample, multipliers recovered from stationarity); dependent ones are solved as they are.
     Both give the batched solver's certified projection, with per-sample right-hand sides too."""
     g = torch.Generator().manual_seed(3)
-    n, m, p, N = 15, 12, 4, 10
+    n, m, p, N = 40, 12, 4, 10
     A, B = torch.randn(m, n, generator=g, dtype=F64), torch.randn(p, n, generator=g, dtype=F64)
     y0 = torch.randn(N, n, generator=g, dtype=F64)
     a, b = y0 @ A.T + torch.rand(N, m, generator=g, dtype=F64), y0 @ B.T  # per-sample right-hand sides

