@@ -31,8 +31,7 @@ except ImportError:  # pragma: no cover - exercised where daqp is absent
 # "auto" uses DAQP on CPU for at most this many variables and rows (measured:
 # benchmarks/bench_latency.py; beyond it the batched solver's arithmetic wins), whatever the
 # batch size: on DC3's 833 test samples (n = 100, 50 shared equality rows eliminated, 50
-# inequality rows) DAQP takes 0.02 s on an untrained network's outputs and 0.03 s on a trained
-# one's, the batched solver 0.08 s and 0.47 s.
+# inequality rows) DAQP takes 0.01 s on a trained network's outputs, the batched solver 0.47 s.
 AUTO_MAX_N = 128
 AUTO_MAX_K = 256
 _INF = 1e30  # DAQP's "no bound"
