@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._validation import check_choice, check_positive_int, check_tolerance
-from ._op import ENGINES
-from .project import project
+from .project import check_engine, project
 from .sets import ConvexSet
 
 __all__ = ["Projection"]
@@ -47,10 +46,7 @@ class Projection(torch.nn.Module):
         self.tol = tol
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
-        self.engine = check_choice(engine, "engine", ENGINES)
-        if engine != "auto" and engine not in P._engines:
-            raise ValueError(f"engine={engine!r} is not available for {type(P).__name__} (its engines: "
-                             f"{', '.join(('auto', *P._engines))})")
+        self.engine = check_engine(engine, P)
         self.last_info = None
         # The set's tensor data become the module's: parameters (nn.Parameter) are trained and
         # read at every call, other tensors are buffers; both follow .to(), state_dict and DDP.

@@ -42,6 +42,17 @@ class ProjectionInfo:
     tol: float
 
 
+def check_engine(engine, pset: ConvexSet) -> str:
+    """``engine`` validated for the set ``pset`` (:func:`project`'s argument)."""
+    engine = check_choice(engine, "engine", ENGINES)
+    if engine != "auto" and engine not in pset._engines:
+        raise ValueError(f"engine={engine!r} is not available for {type(pset).__name__} (its engines: "
+                         f"{', '.join(('auto', *pset._engines))})")
+    if engine == "daqp" and not active_set.available():
+        raise ImportError("engine='daqp' needs the daqp package: pip install daqp (or pip install 'polyproj[fast]')")
+    return engine
+
+
 def _run(x, pset, tol, max_iter, on_failure, engine="auto"):
     if not isinstance(pset, ConvexSet):
         raise ValueError(f"P must be a polyproj constraint set (e.g. polyproj.Polyhedron), got {type(pset).__name__}")
@@ -51,12 +62,7 @@ def _run(x, pset, tol, max_iter, on_failure, engine="auto"):
     tol = check_tolerance(tol, x.dtype)
     max_iter = check_positive_int(max_iter, "max_iter")
     on_failure = check_choice(on_failure, "on_failure", ("raise", "warn"))
-    engine = check_choice(engine, "engine", ENGINES)
-    if engine != "auto" and engine not in pset._engines:
-        raise ValueError(f"engine={engine!r} is not available for {type(pset).__name__} (its engines: "
-                         f"{', '.join(('auto', *pset._engines))})")
-    if engine == "daqp" and not active_set.available():
-        raise ImportError("engine='daqp' needs the daqp package: pip install daqp (or pip install 'polyproj[fast]')")
+    engine = check_engine(engine, pset)
     event = flat.shape[1:]
     # Every set solves in float64 whatever the input dtype: a threshold x − τ formed in float32
     # loses the set's scale as soon as ‖x‖ is a few hundred times larger than it.

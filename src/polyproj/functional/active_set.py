@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .polyhedron import SolveResult, _restore_face, active_rows, kkt_residual, solve_polyhedron
+
 try:  # optional: ``pip install polyproj[fast]``
     import daqp as _daqp
 except ImportError:  # pragma: no cover - exercised where daqp is absent
@@ -104,10 +106,9 @@ def _daqp_loop(data, x: torch.Tensor, max_iter: int):
     H = np.eye(n)
     sense = np.zeros(K, dtype=np.intc)  # DAQP's constraint kinds (C int)
     sense[m:] = 5  # equality rows
-    lower = np.full(K, -_INF)
     # every array handed to DAQP stays alive (and writable) for the whole loop
     upper_all = np.array(np.broadcast_to(c, (N, K)), order="C")
-    lower_all = np.array(np.broadcast_to(lower, (N, K)), order="C")
+    lower_all = np.full((N, K), -_INF)
     lower_all[:, m:] = upper_all[:, m:]
     F = np.ascontiguousarray(-X)
     C_shared = None if per_C else np.ascontiguousarray(C)
@@ -138,8 +139,6 @@ def _daqp_loop(data, x: torch.Tensor, max_iter: int):
 def solve_polyhedron_active_set(data, x: torch.Tensor, *, tol: float, max_iter: int):
     """:func:`~polyproj.functional.polyhedron.solve_polyhedron`'s contract (a
     ``SolveResult``), computed by DAQP where it certifies and by the batched solver elsewhere."""
-    from .polyhedron import _ACTIVE_TAU, SolveResult, _restore_face, active_rows, kkt_residual, solve_polyhedron
-
     N = x.shape[0]
     if N == 0 or data.K == 0 or x.device.type != "cpu":
         return solve_polyhedron(data, x, tol=tol, max_iter=max_iter)
@@ -150,7 +149,7 @@ def solve_polyhedron_active_set(data, x: torch.Tensor, *, tol: float, max_iter: 
     # y = x − Cᵀν carries rounding at the scale of x: one correction on the active face brings
     # the active rows to rounding at the set's scale (as the batched solver's last step does);
     # kept where it certifies with a smaller violation
-    face = data.eq | (nu > 0) | (data.c - z <= _ACTIVE_TAU * data.row_scales(y))  # = active_rows(data, y, nu)
+    face = active_rows(data, y, nu, z)
     y_r, nu_r, z_r = _restore_face(data, face, y, nu, z, tol)
     changed = y_r is not y  # (returned unchanged where no active row is off by more than 10⁻³·tol)
     if changed:

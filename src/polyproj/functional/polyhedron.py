@@ -515,12 +515,13 @@ def _anchored_multiplier(data, x, sx, y_p, z_p, nu, support, max_drops: int = 4)
     return best, best_res
 
 
-def active_rows(data: PolyhedronData, y, nu):
+def active_rows(data: PolyhedronData, y, nu, z=None):
     """Rows treated as active by the backward: every equality row, and the inequality rows
     with slack ≤ τ times the set's scale or a positive certified multiplier (DESIGN §4,
     activity tolerance).  The slack is judged at the set's scale: the polished point is
-    feasible on its face to rounding at that scale, whatever the size of the input."""
-    slack = data.c - data.rows(y)
+    feasible on its face to rounding at that scale, whatever the size of the input.  ``z`` is
+    ``C y`` where already known."""
+    slack = data.c - (data.rows(y) if z is None else z)
     return data.eq | (slack <= _ACTIVE_TAU * data.row_scales(y)) | (nu > 0)
 
 
