@@ -43,7 +43,7 @@ def masked_nullspace_product(data, active: torch.Tensor, g: torch.Tensor):
 def explicit_jacobian(data, active: torch.Tensor, n: int) -> torch.Tensor:
     """The explicit (N, n, n) matrices ``P₀ = I − M^†M`` (for inspection and tests)."""
     N, K = active.shape
-    C = data.C
+    C = data.matrix()
     eye = torch.eye(n, dtype=C.dtype, device=C.device).expand(N, n, n)
     if K == 0 or not bool(active.any()):
         return eye.clone()

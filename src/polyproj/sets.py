@@ -40,6 +40,8 @@ from ._errors import InfeasibleError
 from ._feasibility import check_nonempty
 from ._validation import DEFAULT_TOL, as_tensor, broadcast_batch, check_input
 from .functional import active_set
+from ._bounds import _bounds
+from .functional.bounded import BoundedData
 from .functional.polyhedron import PolyhedronData, solve_polyhedron
 
 __all__ = ["ConvexSet", "Polyhedron", "SetSolution"]
@@ -235,8 +237,8 @@ class ConvexSet:
 
 
 class Polyhedron(ConvexSet):
-    r"""The polyhedron :math:`P = \{y \in ℝ^n : A y \le a,\ B y = b\}`, shared by a batch or
-    one per sample.
+    r"""The polyhedron :math:`P = \{y \in ℝ^n : A y \le a,\ B y = b,\ l \le y \le u\}`, shared by
+    a batch or one per sample.
 
     Parameters
     ----------
@@ -244,6 +246,14 @@ class Polyhedron(ConvexSet):
         Inequality constraints ``A y ≤ a``.  Give both or neither.
     B, b : (..., p, n) and (..., p) arrays, optional
         Equality constraints ``B y = b``.  Give both or neither.
+    lower, upper : scalars or (..., n) arrays, optional
+        Variable bounds ``lower ≤ y ≤ upper`` (±inf: no bound on that side; a scalar applies to
+        every coordinate).  They are handled natively — never rows of a Gram matrix: every
+        masked system eliminates the bounds in closed form and factorises only the general
+        rows restricted to the free variables (:mod:`polyproj.functional.bounded`), so a set
+        that is mostly bounds costs what its few coupling rows cost.  Per-sample bounds and
+        bounds that require grad are supported; which coordinates have a finite bound must be
+        the same for every sample.
     check_feasibility : bool
         Check at construction that ``P`` (every sample's ``P``) is nonempty (a certified
         projection of the origin, or else an LP solved by HiGHS) and raise
@@ -286,22 +296,36 @@ class Polyhedron(ConvexSet):
 
     _engines = ("torch", "daqp")
 
-    def __init__(self, A=None, a=None, B=None, b=None, *, check_feasibility: bool = True):
+    def __init__(self, A=None, a=None, B=None, b=None, *, lower=None, upper=None, check_feasibility: bool = True):
         if (A is None) != (a is None):
             raise ValueError("A and a must be given together (A y <= a); got only " + ("A" if a is None else "a"))
         if (B is None) != (b is None):
             raise ValueError("B and b must be given together (B y = b); got only " + ("B" if b is None else "b"))
-        if A is None and B is None:
-            raise ValueError("Polyhedron needs at least one of (A, a) or (B, b)")
-        device = next((t.device for t in (A, a, B, b) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+        bounded = lower is not None or upper is not None
+        if A is None and B is None and not bounded:
+            raise ValueError("Polyhedron needs at least one of (A, a), (B, b), lower or upper")
+        device = next((t.device for t in (A, a, B, b, lower, upper) if isinstance(t, torch.Tensor)), torch.device("cpu"))
         A_t = as_tensor(A, "A", device=device, min_ndim=2, keep_grad=True) if A is not None else None
         B_t = as_tensor(B, "B", device=device, min_ndim=2, keep_grad=True) if B is not None else None
-        n = (A_t if A_t is not None else B_t).shape[-1]
+        if bounded:
+            lo, up, (nb_,) = _bounds(-float("inf") if lower is None else lower, float("inf") if upper is None else upper,
+                                     "polyhedron")
+        if A_t is not None or B_t is not None:
+            n = (A_t if A_t is not None else B_t).shape[-1]
+            if bounded and nb_ not in (-1, n):
+                raise ValueError(f"lower and upper must be scalars or have shape (..., {n}) (n = columns of A/B), "
+                                 f"got shapes {tuple(lo.shape)} and {tuple(up.shape)}")
+        elif nb_ == -1:
+            raise ValueError("a Polyhedron given only scalar bounds has no dimension: give lower or upper of shape "
+                             "(..., n), or rows A/B")
+        else:
+            n = nb_
         if A_t is not None and B_t is not None and B_t.shape[-1] != n:
             raise ValueError(f"A and B must have the same number of columns, got A {tuple(A_t.shape)} and B {tuple(B_t.shape)}")
         if n == 0:
             raise ValueError("the constraint matrices must have at least one column (n >= 1)")
         A_t = A_t if A_t is not None else torch.zeros(0, n, dtype=torch.float64, device=device)
+        self.lower, self.upper = (lo, up) if bounded else (None, None)
         B_t = B_t if B_t is not None else torch.zeros(0, n, dtype=torch.float64, device=device)
         a_t = as_tensor(a, "a", device=device, min_ndim=1, keep_grad=True) if a is not None else A_t.new_zeros(0)
         b_t = as_tensor(b, "b", device=device, min_ndim=1, keep_grad=True) if b is not None else B_t.new_zeros(0)
@@ -309,17 +333,21 @@ class Polyhedron(ConvexSet):
             if vec.shape[-1] != mat.shape[-2]:
                 raise ValueError(f"{vn} must have shape (..., {k}) with {k} = {mat.shape[-2]} rows of {mn} "
                                  f"{tuple(mat.shape)}, got {tuple(vec.shape)}")
+        bound_batch = [t.shape[:-1] for t in (self.lower, self.upper) if t is not None and t.ndim]
         try:
-            batch = torch.broadcast_shapes(A_t.shape[:-2], a_t.shape[:-1], B_t.shape[:-2], b_t.shape[:-1])
+            batch = torch.broadcast_shapes(A_t.shape[:-2], a_t.shape[:-1], B_t.shape[:-2], b_t.shape[:-1], *bound_batch)
         except RuntimeError:
+            bounds = f", lower {tuple(self.lower.shape)}, upper {tuple(self.upper.shape)}" if bounded else ""
             raise ValueError(
                 "the batch dimensions of the constraint data do not broadcast: "
-                f"A {tuple(A_t.shape)}, a {tuple(a_t.shape)}, B {tuple(B_t.shape)}, b {tuple(b_t.shape)}"
+                f"A {tuple(A_t.shape)}, a {tuple(a_t.shape)}, B {tuple(B_t.shape)}, b {tuple(b_t.shape)}{bounds}"
             ) from None
         self.A, self.a, self.B, self.b = A_t, a_t, B_t, b_t
         self.event_shape = (n,)
         self.batch_shape = tuple(batch)
         self._data, self._scale = self._normalise(A_t, a_t, B_t, b_t)
+        if bounded:
+            self._data, self._scale = self._with_bounds(self._data, self._scale, self.lower, self.upper, n)
         if check_feasibility:
             self._check_nonempty()
 
@@ -334,6 +362,33 @@ class Polyhedron(ConvexSet):
         norms = C.norm(dim=-1)
         scale = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.ones_like(norms))
         return PolyhedronData.from_rows(C * scale.unsqueeze(-1), c * scale, A.shape[-2]), scale
+
+    @staticmethod
+    def _with_bounds(general: PolyhedronData, scale, lower, upper, n) -> tuple[BoundedData, torch.Tensor]:
+        """The normalised general rows with one unit row per finite bound in front
+        (:class:`~polyproj.functional.bounded.BoundedData`); the row scales get 1 for them."""
+        lo = torch.broadcast_to(lower.detach(), (*lower.shape[:-1], n) if lower.ndim else (n,))
+        up = torch.broadcast_to(upper.detach(), (*upper.shape[:-1], n) if upper.ndim else (n,))
+        pattern = []
+        for name, t in (("upper", up), ("lower", lo)):
+            finite = torch.isfinite(t).reshape(-1, n)
+            if not bool((finite == finite[:1]).all()):
+                raise ValueError(f"{name} must have its finite entries at the same coordinates in every sample "
+                                 "(a bound that is infinite in one sample and finite in another is not supported); "
+                                 "use a large finite value instead of inf")
+            pattern.append(finite[0].nonzero().flatten())
+        up_idx, lo_idx = pattern
+        var = torch.cat([up_idx, lo_idx])
+        sign = torch.cat([up.new_ones(up_idx.numel()), -lo.new_ones(lo_idx.numel())])
+        cb_batch = torch.broadcast_shapes(up.shape[:-1], lo.shape[:-1])
+        cb = torch.cat([up[..., up_idx].expand(*cb_batch, -1), -lo[..., lo_idx].expand(*cb_batch, -1)], -1)
+        cg = general.c
+        rb = torch.broadcast_shapes(cb.shape[:-1], cg.shape[:-1])
+        c = torch.cat([cb.expand(*rb, -1), cg.expand(*rb, -1)], -1)
+        data = BoundedData.from_rows(var, sign, general.C, c, general.m, n)
+        sb = torch.broadcast_shapes(scale.shape[:-1], ())
+        full_scale = torch.cat([scale.new_ones(*sb, var.numel()), scale], -1)
+        return data, full_scale
 
     def _check_nonempty(self) -> None:
         # A feasible point found by projecting the origin proves a sample nonempty, cheaply;
@@ -368,20 +423,26 @@ class Polyhedron(ConvexSet):
             return self
         new = self._copy()
         new.A, new.a, new.B, new.b = (t.to(device) for t in (self.A, self.a, self.B, self.b))
+        new.lower, new.upper = (None, None) if self.lower is None else (self.lower.to(device), self.upper.to(device))
         new._data, new._scale = self._data.to(device), self._scale.to(device)
         return new
 
     def _bind(self, batch: torch.Size) -> "_BoundPolyhedron":
         D = self._data
-        data = PolyhedronData(flat_batch(D.C, batch, 2), flat_batch(D.c, batch, 1), D.m, flat_batch(D.G, batch, 2), D.eq,
-                              flat_batch(D.absC, batch, 2))
+        if isinstance(D, BoundedData):
+            data = BoundedData(D.var, D.sign, flat_batch(D.Cg, batch, 2), flat_batch(D.Gg, batch, 2),
+                               flat_batch(D.absCg, batch, 2), flat_batch(D.c, batch, 1), D.m, D.eq, D.n)
+        else:
+            data = PolyhedronData(flat_batch(D.C, batch, 2), flat_batch(D.c, batch, 1), D.m, flat_batch(D.G, batch, 2),
+                                  D.eq, flat_batch(D.absC, batch, 2))
         params = {name: flat_batch(t, batch, nd)
-                  for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1))
-                  if t.requires_grad}
+                  for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1),
+                                      ("lower", self.lower, 1), ("upper", self.upper, 1))
+                  if t is not None and t.requires_grad}
         return _BoundPolyhedron(data, flat_batch(self._scale, batch, 1), params, math.prod(batch), self.n, batch)
 
     def _grad_raw(self) -> list:
-        return [t for t in (self.A, self.a, self.B, self.b) if t.requires_grad]
+        return [t for t in (self.A, self.a, self.B, self.b, self.lower, self.upper) if t is not None and t.requires_grad]
 
     def _rebuild(self, values: dict) -> "Polyhedron":
         # rebuilt at every call of a Projection with learned data: emptiness is then detected
@@ -390,7 +451,8 @@ class Polyhedron(ConvexSet):
 
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
-        return f"Polyhedron(n={self.n}, m={self.m}, p={self.p}{batch}, device={self.device})"
+        bounds = f", bounds={self._data.nb}" if isinstance(self._data, BoundedData) else ""
+        return f"Polyhedron(n={self.n}, m={self.m}, p={self.p}{bounds}{batch}, device={self.device})"
 
 
 class _BoundPolyhedron(ConvexSet):
@@ -410,10 +472,11 @@ class _BoundPolyhedron(ConvexSet):
 
     @property
     def device(self):
-        return self.data.C.device
+        return self.data.c.device
 
     def _solution_shapes(self, x_shape):
-        N, n, K, m = x_shape[0], self.event_shape[0], self.data.K, self.data.m
+        rows = self.data.general_ineq
+        N, n, K, m = x_shape[0], self.event_shape[0], self.data.K, rows.stop - rows.start
         extra = [((N, K), torch.float64), ((N, n), torch.float64)] if self.params else []
         return [((N, m), torch.bool), ((N, K), torch.bool), *extra]
 
@@ -426,7 +489,7 @@ class _BoundPolyhedron(ConvexSet):
             res = solve_polyhedron(self.data, x, tol=tol, max_iter=max_iter)
         # (the saved y is a copy: the output itself must stay differentiable)
         state = (res.active, res.multipliers, res.y.clone()) if self.params else (res.active,)
-        return SetSolution(res.y, res.active[:, : self.data.m], res.kkt, res.iterations, res.converged, state)
+        return SetSolution(res.y, res.active[:, self.data.general_ineq], res.kkt, res.iterations, res.converged, state)
 
     def _vjp(self, state, g):
         return _jacobian.masked_nullspace_product(self.data, state[0], g)[0]
@@ -438,10 +501,13 @@ class _BoundPolyhedron(ConvexSet):
         active, nu, y = state
         gx, w = _jacobian.masked_nullspace_product(self.data, active, g)
         w, nu = w * self.scale, nu * self.scale  # multipliers of the raw (unnormalised) rows
-        m = self.data.m
+        m, A_rows = self.data.m, self.data.general_ineq
         grads = []
         for name, t in self.params.items():
-            rows = slice(0, m) if name in ("A", "a") else slice(m, None)
+            if name in ("lower", "upper"):
+                grads.append(sum_to(self._bound_gradient(w, upper=name == "upper"), t))
+                continue
+            rows = A_rows if name in ("A", "a") else slice(m, None)
             if name in ("a", "b"):
                 grads.append(sum_to(w[:, rows], t))
             elif t.ndim == 3:
@@ -449,6 +515,15 @@ class _BoundPolyhedron(ConvexSet):
             else:
                 grads.append(-(nu[:, rows].T @ gx + w[:, rows].T @ y))
         return gx, tuple(grads)
+
+    def _bound_gradient(self, w, *, upper: bool):
+        """``g_u = w`` on the rows ``y_j ≤ u_j`` and ``g_l = −w`` on ``−y_j ≤ −l_j`` (the gradient for a
+        right-hand side is the row's multiplier of the backward system), 0 on infinite bounds."""
+        D = self.data
+        rows = (D.sign > 0) if upper else (D.sign < 0)
+        out = w.new_zeros(w.shape[0], D.n)
+        out[:, D.var[rows]] = w[:, : D.nb][:, rows] * (1.0 if upper else -1.0)
+        return out
 
     def _jacobian(self, state):
         return _jacobian.explicit_jacobian(self.data, state[0], self.event_shape[0])
@@ -472,7 +547,8 @@ class _BoundPolyhedron(ConvexSet):
         D = self.data
         found = []
         for i in index[: self._MAX_LP_CHECKS].tolist():
-            C = (D.C[i] if D.per_sample_matrix else D.C).cpu().numpy()
+            C = D.matrix()
+            C = (C[i] if C.ndim == 3 else C).cpu().numpy()
             c = (D.c[i] if D.c.ndim == 2 else D.c).cpu().numpy()
             scale = (self.scale[i] if self.scale.ndim == 2 else self.scale).cpu().numpy()
             try:

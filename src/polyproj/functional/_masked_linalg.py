@@ -112,6 +112,13 @@ class MaskedCholesky:
         return w.unsqueeze(-1) * torch.matmul(self.G, w.unsqueeze(-1) * v)
 
 
+def masked_factor(G, mask: torch.Tensor, delta):
+    """A factorisation of ``W G W + δI`` with ``solve`` and ``matvec``: :class:`MaskedCholesky` for a
+    dense ``G``, the Gram object's own ``factor`` for a structured one
+    (:class:`~polyproj.functional.bounded.BoundedGram`)."""
+    return G.factor(mask, delta) if hasattr(G, "factor") else MaskedCholesky(G, mask, delta)
+
+
 def solve_consistent(
     G: torch.Tensor,
     mask: torch.Tensor,
@@ -137,9 +144,12 @@ def solve_consistent(
     Returns ``(ν, rel_residual)`` with ``rel_residual = ‖r − W G W ν‖ / ‖r‖`` per sample.
     ``r`` may be (N, K) or (N, K, q) (several right-hand sides).
     """
-    scale = float(G.diagonal(dim1=-2, dim2=-1).abs().max()) if G.numel() else 1.0
+    if hasattr(G, "max_diagonal"):
+        scale = G.max_diagonal()
+    else:
+        scale = float(G.diagonal(dim1=-2, dim2=-1).abs().max()) if G.numel() else 1.0
     scale = scale if scale > 0 else 1.0
-    chol = MaskedCholesky(G, mask, delta * scale)
+    chol = masked_factor(G, mask, delta * scale)
     return _iterated_tikhonov(chol.solve, chol.matvec, r, max_refine=max_refine, rtol=rtol)
 
 
@@ -175,10 +185,10 @@ def pinv_solve(G: torch.Tensor, mask: torch.Tensor, r: torch.Tensor, *, rcond: f
     if N == 0 or K == 0 or not bool(mask.any()):
         return torch.zeros_like(r)
     k = int(mask.sum(-1).max())
-    idx, w = _selected_first(mask, k, G.dtype)
-    H = _gather_gram(G, idx) * (w.unsqueeze(-1) * w.unsqueeze(-2))
+    idx, w = _selected_first(mask, k, r.dtype)
+    H = (G.gathered(idx) if hasattr(G, "gathered") else _gather_gram(G, idx)) * (w.unsqueeze(-1) * w.unsqueeze(-2))
     e, Q = torch.linalg.eigh(H)
-    keep = e > rcond * e.amax(-1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
+    keep = e > rcond * e.amax(-1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
     inv = torch.where(keep, 1.0 / torch.where(keep, e, torch.ones_like(e)), torch.zeros_like(e))
     sol = (Q @ (inv.unsqueeze(-1) * (Q.mT @ (w * r.gather(1, idx)).unsqueeze(-1)))).squeeze(-1) * w
     return torch.zeros_like(r).scatter_(1, idx, sol)

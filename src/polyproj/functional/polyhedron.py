@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._masked_linalg import MaskedCholesky, pinv_solve, solve_consistent
+from ._masked_linalg import masked_factor, pinv_solve, solve_consistent
 
 __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
 
@@ -83,8 +83,38 @@ _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the bac
 _ROUNDING_ULPS = 64.0  # rounding an ALM iterate formed at the input's scale may carry, in ulps of ‖x‖∞
 
 
+class RowsMixin:
+    """Violation helpers shared by the row containers (:class:`PolyhedronData` and
+    :class:`~polyproj.functional.bounded.BoundedData`); they need ``rows``, ``row_scales``,
+    ``c``, ``eq`` and ``K``."""
+
+    def primal_scale(self, y: torch.Tensor) -> torch.Tensor:
+        """The largest row scale per sample (:meth:`row_scales`), 1 without rows."""
+        return self.row_scales(y).amax(-1) if self.K else y.new_ones(y.shape[0])
+
+    def row_violations(self, r: torch.Tensor) -> torch.Tensor:
+        """Each row's violation from the residual ``r = C y − c`` (N, K): ``r₊`` on inequality
+        rows, ``|r|`` on equality rows."""
+        return torch.where(self.eq, r.abs(), r.clamp_min(0))
+
+    def relative_violation(self, y: torch.Tensor, r: torch.Tensor | None = None, floor=None) -> torch.Tensor:
+        """``max_i violation_i / scale_i`` per sample (``r = C y − c`` if known; ``floor``: a
+        per-sample lower bound on the scales)."""
+        if self.K == 0:
+            return y.new_zeros(y.shape[0])
+        r = self.rows(y) - self.c if r is None else r
+        scale = self.row_scales(y) if floor is None else torch.maximum(self.row_scales(y), floor[:, None])
+        return (self.row_violations(r) / scale).amax(-1)
+
+    def primal_violation(self, r: torch.Tensor) -> torch.Tensor:
+        """Largest violation per sample from the residual ``r = C y − c`` (N, K)."""
+        if self.K == 0:
+            return r.new_zeros(r.shape[0])
+        return self.row_violations(r).amax(-1)
+
+
 @dataclass(frozen=True)
-class PolyhedronData:
+class PolyhedronData(RowsMixin):
     """Normalised constraint data: ``C y ≤ c`` on the first ``m`` rows, ``= c`` on the rest.
 
     Shared data has ``C`` (K, n), ``G`` (K, K) and ``c`` (K,).  Per-sample data has a leading
@@ -143,29 +173,14 @@ class PolyhedronData:
         terms = (self.absC @ ay.unsqueeze(-1)).squeeze(-1) if self.per_sample_matrix else ay @ self.absC.T
         return torch.maximum(torch.maximum(terms, self.c.abs()), ay.amax(-1, keepdim=True)).clamp_min(1e-300)
 
-    def primal_scale(self, y: torch.Tensor) -> torch.Tensor:
-        """The largest row scale per sample (:meth:`row_scales`), 1 without rows."""
-        return self.row_scales(y).amax(-1) if self.K else y.new_ones(y.shape[0])
+    def matrix(self) -> torch.Tensor:
+        """The dense rows ``C``."""
+        return self.C
 
-    def row_violations(self, r: torch.Tensor) -> torch.Tensor:
-        """Each row's violation from the residual ``r = C y − c`` (N, K): ``r₊`` on inequality
-        rows, ``|r|`` on equality rows."""
-        return torch.where(self.eq, r.abs(), r.clamp_min(0))
-
-    def relative_violation(self, y: torch.Tensor, r: torch.Tensor | None = None, floor=None) -> torch.Tensor:
-        """``max_i violation_i / scale_i`` per sample (``r = C y − c`` if known; ``floor``: a
-        per-sample lower bound on the scales)."""
-        if self.K == 0:
-            return y.new_zeros(y.shape[0])
-        r = self.rows(y) - self.c if r is None else r
-        scale = self.row_scales(y) if floor is None else torch.maximum(self.row_scales(y), floor[:, None])
-        return (self.row_violations(r) / scale).amax(-1)
-
-    def primal_violation(self, r: torch.Tensor) -> torch.Tensor:
-        """Largest violation per sample from the residual ``r = C y − c`` (N, K)."""
-        if self.K == 0:
-            return r.new_zeros(r.shape[0])
-        return self.row_violations(r).amax(-1)
+    @property
+    def general_ineq(self) -> slice:
+        """The rows of the user's inequality matrix ``A``."""
+        return slice(0, self.m)
 
 
 @dataclass
@@ -289,7 +304,7 @@ def _inner_newton(data, x, y, nu, sx, rho, max_steps):
         if it:
             gs = ys - xs + ds.combine(us * ms)
         # Woodbury: (I + ρCᵀWC)⁻¹ = I − CᵀW(I/ρ + WGW)⁻¹WC, one masked Cholesky per sample
-        d = ds.combine(MaskedCholesky(ds.G, ms, 1.0 / rs).solve(ds.rows(gs))) - gs
+        d = ds.combine(masked_factor(ds.G, ms, 1.0 / rs).solve(ds.rows(gs))) - gs
         v = rs[:, None] * ds.rows(d)
         # Full Newton step where it decreases φ enough, else the exact minimiser along d.
         full = _full_step_ok(ys - xs, d, us, v, ms, (gs * d).sum(-1), rs, eq)
