@@ -278,4 +278,8 @@ def test_consistent_and_pseudo_inverse_solves_with_bounds():
     nb, _ = solve_consistent(bounded.G, mask, rhs)
     nd, _ = solve_consistent(dense.G, mask, rhs)
     assert torch.allclose(bounded.combine(nb), dense.combine(nd), atol=1e-10)
-    assert torch.allclose(pinv_solve(bounded.G, mask, rhs), pinv_solve(dense.G, mask, rhs), atol=1e-10)
+    # the pseudo-inverse path: an exact solution (not necessarily the minimum-norm one), so the
+    # same product Cᵀw and the same residual
+    pb, pd = pinv_solve(bounded.G, mask, rhs), pinv_solve(dense.G, mask, rhs)
+    assert torch.allclose(bounded.combine(pb), dense.combine(pd), atol=1e-10)
+    assert torch.allclose(masked_factor(bounded.G, mask, 1.0).matvec(pb), rhs, atol=1e-10)

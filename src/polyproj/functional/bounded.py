@@ -182,11 +182,37 @@ class BoundedGram:
     def factor(self, mask: torch.Tensor, delta) -> "_BoundedFactor":
         return _BoundedFactor(self.data, mask, delta)
 
-    def gathered(self, idx: torch.Tensor) -> torch.Tensor:
-        """``G[idx_s, idx_s]`` (N, k, k), from the dense rows of the selected indices."""
-        C = self.data.matrix()
-        R = C[idx] if C.ndim == 2 else C.gather(1, idx.unsqueeze(-1).expand(-1, -1, C.shape[-1]))
-        return R @ R.mT
+    def pinv_solve(self, mask: torch.Tensor, r: torch.Tensor, rcond: float) -> torch.Tensor:
+        """An exact solution of the consistent system ``W G W w = r`` free of rounding noise in
+        its null space, by the same elimination at ``δ = 0`` with a thresholded pseudo-inverse
+        of the general rows' block ``W_g C_g D C_gᵀ W_g`` (``D`` the free coordinates; relative
+        threshold ``rcond``).  It is a solution, not the minimum-norm one: with general rows
+        that are combinations of selected bounds the multiplier is split differently, which
+        the certificate of the point does not mind."""
+        d = self.data
+        dtype = r.dtype
+        wb, wg = mask[:, : d.nb].to(dtype), mask[:, d.nb:].to(dtype)
+        count = wb.new_zeros(mask.shape[0], d.n).index_add_(1, d.var, wb)
+        held = count > 0
+        rb, rg = r[:, : d.nb] * wb, r[:, d.nb:] * wg
+        t = d.bound_combine(rb) / count.clamp_min(1)  # (E_SᵀE_S)⁺E_Sᵀ r_b
+        q = rb
+        wg_sol = torch.zeros_like(rg)
+        if d.Kg:
+            Cf = d.Cg * (~held).to(dtype).unsqueeze(-2)
+            S = (Cf @ d.Cg.mT) * (wg.unsqueeze(-1) * wg.unsqueeze(-2))
+            e, Q = torch.linalg.eigh(S)
+            keep = e > rcond * e.amax(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+            inv = torch.where(keep, 1.0 / torch.where(keep, e, torch.ones_like(e)), torch.zeros_like(e))
+            rhs = rg - d.general_rows(t) * wg
+            wg_sol = (Q @ (inv.unsqueeze(-1) * (Q.mT @ rhs.unsqueeze(-1)))).squeeze(-1) * wg
+            q = rb - d.bound_rows(d.general_combine(wg_sol)) * wb
+        # (E_S E_Sᵀ)⁺ q per coordinate: q on a single selected bound; both bounds selected → the
+        # pseudo-inverse of [[1, −1], [−1, 1]] (in the signs: [[1, 1], [1, 1]]/4)
+        p = q * d.sign
+        total = p.new_zeros(p.shape[0], d.n).index_add_(1, d.var, p)[:, d.var]
+        a = torch.where(count[:, d.var] > 1.5, total / 4, p)
+        return torch.cat([a * d.sign * wb, wg_sol], 1)
 
 
 class _BoundedFactor:
