@@ -8,6 +8,7 @@ Han–Sun (HS) Jacobian.
 
 from . import optim
 from ._errors import ConvergenceError, ConvergenceWarning, InfeasibleError
+from .cvxpy_frontend import CvxpyProjection, from_cvxpy
 from .nn import Projection
 from .project import ProjectionInfo, hs_jacobian, project
 from .sets import ConvexSet, Polyhedron
@@ -22,6 +23,7 @@ __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
     "ConvexSet",
+    "CvxpyProjection",
     "HalfSpace",
     "InfeasibleError",
     "PartialMatching",
@@ -30,6 +32,7 @@ __all__ = [
     "ProjectionInfo",
     "Simplex",
     "Transportation",
+    "from_cvxpy",
     "hs_jacobian",
     "optim",
     "project",
