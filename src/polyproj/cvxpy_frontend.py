@@ -239,7 +239,7 @@ class CvxpyProjection(torch.nn.Module):
         self._general = np.setdiff1d(np.arange(rows), self._bound_rows)
         self._map = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
                                             torch.from_numpy(coo.data.astype(np.float64)), size=amap.shape,
-                                            dtype=torch.float64).coalesce()
+                                            dtype=torch.float64, check_invariants=True).coalesce()
 
     # -- the set at given parameter values ----------------------------------------------------
     def _theta(self, values):
