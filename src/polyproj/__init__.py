@@ -12,6 +12,7 @@ from .cvxpy_frontend import CvxpyProjection, from_cvxpy
 from .nn import Projection
 from .project import ProjectionInfo, hs_jacobian, project
 from .sets import ConvexSet, Polyhedron
+from .sparse import SparsePolyhedron
 from .structured import Birkhoff, Box, CappedSimplex, HalfSpace, PartialMatching, Simplex, Transportation
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "Projection",
     "ProjectionInfo",
     "Simplex",
+    "SparsePolyhedron",
     "Transportation",
     "from_cvxpy",
     "hs_jacobian",
