@@ -18,7 +18,10 @@ independently of the solver.  Each problem is classified as
   residual with which the same certificate accepts Clarabel's point (whether the projection
   can be certified in double precision at all).
 
-    python benchmarks/reliability_maros_meszaros.py [--data DIR] [--out DIR] [--only NAME ...]
+    python benchmarks/reliability_maros_meszaros.py [--data DIR] [--out DIR] [--only NAME ...] [--bounds]
+
+With ``--bounds`` the single-variable rows go in as native bounds (``lower=``/``upper=``) and
+the results go to ``maros_meszaros_bounds.json``.
 
 Writes ``maros_meszaros.json`` (resumable: finished problems are skipped) and prints a table.
 """
@@ -66,14 +69,38 @@ def points(A, a, B, b, P, q, rng):
     return pts
 
 
-def run_problem(path: Path, seed: int = 0) -> dict:
+def split_bounds(A, a):
+    """Inequality rows with a single nonzero, ``α y_j ≤ β``, as bounds (the tightest per side),
+    and the remaining rows: ``(A_rest, a_rest, lower, upper)``."""
+    n = A.shape[1]
+    nz = A != 0
+    single = nz.sum(1) == 1
+    j = np.argmax(nz, axis=1)
+    alpha = A[np.arange(A.shape[0]), j]
+    lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
+    for i in np.flatnonzero(single):
+        v = a[i] / alpha[i]
+        if alpha[i] > 0:
+            upper[j[i]] = min(upper[j[i]], v)
+        else:
+            lower[j[i]] = max(lower[j[i]], v)
+    return A[~single], a[~single], lower, upper
+
+
+def run_problem(path: Path, seed: int = 0, bounds: bool = False) -> dict:
     A, a, B, b, Pq, q = load_polyhedron_data(path)
     rng = np.random.default_rng(seed)
     row = {"problem": path.stem, "n": int(Pq.shape[0]), "m": int(A.shape[0]), "p": int(B.shape[0])}
     t0 = time.perf_counter()
     try:
-        P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,
-                          B=B if B.shape[0] else None, b=b if B.shape[0] else None)
+        if bounds:  # single-variable rows as native bounds; the certificate still uses every row
+            A_r, a_r, lower, upper = split_bounds(A, a)
+            row["bounds"] = int(np.isfinite(lower).sum() + np.isfinite(upper).sum())
+            P = pp.Polyhedron(A=A_r if A_r.shape[0] else None, a=a_r if A_r.shape[0] else None,
+                              B=B if B.shape[0] else None, b=b if B.shape[0] else None, lower=lower, upper=upper)
+        else:
+            P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,
+                              B=B if B.shape[0] else None, b=b if B.shape[0] else None)
     except pp.InfeasibleError as err:
         return dict(row, status="refused", detail=f"InfeasibleError: {str(err)[:160]}", seconds=time.perf_counter() - t0)
     except Exception as err:  # noqa: BLE001 - a crash is a result here
@@ -124,15 +151,17 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--bounds", action="store_true",
+                        help="pass single-variable rows as native bounds (lower=, upper=); writes maros_meszaros_bounds.json")
     args = parser.parse_args(argv)
     files = sorted(args.data.glob("*.mat"))
     if args.only:
         files = [f for f in files if f.stem in args.only]
-    out = args.out / "maros_meszaros.json"
+    out = args.out / ("maros_meszaros_bounds.json" if args.bounds else "maros_meszaros.json")
     done = {r["problem"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() and not args.only else {}
     rows = []
     for f in tqdm(files, desc="Maros-Meszaros"):
-        r = done.get(f.stem) or run_problem(f)
+        r = done.get(f.stem) or run_problem(f, bounds=args.bounds)
         rows.append(r)
         if not args.only:
             args.out.mkdir(parents=True, exist_ok=True)
