@@ -11,7 +11,10 @@ float32.
 
 Counts certified / wrong / crashed / refused per input scale; writes JSON.
 
-    python benchmarks/fuzz_polyhedron.py [--count 10000] [--seed 0]
+    python benchmarks/fuzz_polyhedron.py [--count 10000] [--seed 0] [--bounds]
+
+``--bounds`` adds variable bounds around the instance's feasible point (many tight: weakly
+active, fixed coordinates) and passes them natively; the certificate sees them as rows.
 """
 
 from __future__ import annotations
@@ -32,23 +35,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import polyproj as pp  # noqa: E402
 from _common import commit, versions, write_json  # noqa: E402
 from polyproj.testing import certify_projection, set_scale  # noqa: E402
-from problems import fuzz_instance  # noqa: E402
+from problems import fuzz_bounds, fuzz_instance  # noqa: E402
 
 RATIOS = [10.0**k for k in range(-6, 9)]
 CERT_TOL = 1e-9
 
 
-def check(A, a, B, b, X, dtype):
-    """``(kind, detail)`` for one instance: kind is certified / wrong / refused / crashed."""
+def check(A, a, B, b, X, dtype, bounds=None, engine="auto"):
+    """``(kind, detail)`` for one instance: kind is certified / wrong / refused / crashed.  With
+    ``bounds = (lower, upper)`` the set gets them natively and ``A, a`` (used by the certificate)
+    already hold them as rows."""
     try:
-        P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,
-                          B=B if B.shape[0] else None, b=b if B.shape[0] else None)
-        y = pp.project(torch.tensor(X, dtype=dtype), P)
+        if bounds is None:
+            P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,
+                              B=B if B.shape[0] else None, b=b if B.shape[0] else None)
+        else:
+            m = A.shape[0] - int(np.isfinite(bounds[0]).sum() + np.isfinite(bounds[1]).sum())
+            P = pp.Polyhedron(A=A[:m] if m else None, a=a[:m] if m else None, B=B if B.shape[0] else None,
+                              b=b if B.shape[0] else None, lower=bounds[0], upper=bounds[1])
+        y = pp.project(torch.tensor(X, dtype=dtype), P, engine=engine)
         if dtype == torch.float32:
-            y64 = pp.project(torch.tensor(X, dtype=torch.float32).double(), P)
+            y64 = pp.project(torch.tensor(X, dtype=torch.float32).double(), P, engine=engine)
             ok = bool(P.contains(y).all()) and torch.equal(y, y64.float())
             return ("certified" if ok else "wrong"), {"relative_violation": float(P.violation(y, relative=True).max())}
-        y2 = pp.project(y, P)
+        y2 = pp.project(y, P, engine=engine)
     except (pp.ConvergenceError, pp.InfeasibleError) as err:
         return "refused", {"error": str(err)[:200]}
     except Exception as err:  # noqa: BLE001 - a crash is a finding
@@ -67,6 +77,11 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=10000, help="instances per dtype")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--bounds", action="store_true",
+                        help="add variable bounds (tests/problems.py::fuzz_bounds) passed natively (lower=, upper=); "
+                             "writes fuzz_polyhedron_bounds.json")
+    parser.add_argument("--engine", choices=("auto", "torch", "daqp"), default="auto",
+                        help="the forward engine (auto picks DAQP for these small sets on CPU)")
     args = parser.parse_args(argv)
     table = defaultdict(lambda: {"certified": 0, "wrong": 0, "crashed": 0, "refused": 0})
     failures, worst = [], {"certified_kkt": 0.0, "twice": 0.0, "relative_violation_float32": 0.0}
@@ -74,9 +89,17 @@ def main(argv=None):
     for k in tqdm(range(args.count), desc="polyhedron fuzz"):
         rng = np.random.default_rng([args.seed, k])
         ratio = RATIOS[int(rng.integers(len(RATIOS)))]
-        A, a, B, b, X = fuzz_instance(rng, input_ratio=ratio)
+        A, a, B, b, X, y0 = fuzz_instance(rng, input_ratio=ratio, return_point=True)
+        bounds = None
+        if args.bounds:
+            scale = max(float(np.abs(y0).max()), 1e-300)
+            bounds = fuzz_bounds(rng, y0, scale)
+            eye = np.eye(A.shape[1])
+            up, lo = np.isfinite(bounds[1]), np.isfinite(bounds[0])
+            A = np.vstack([A, eye[up], -eye[lo]])
+            a = np.concatenate([a, bounds[1][up], -bounds[0][lo]])
         for dtype in (torch.float64, torch.float32):
-            kind, detail = check(A, a, B, b, X, dtype)
+            kind, detail = check(A, a, B, b, X, dtype, bounds, args.engine)
             name = str(dtype).removeprefix("torch.")
             table[(name, ratio)][kind] += 1
             if dtype == torch.float64 and kind == "certified":
@@ -96,13 +119,15 @@ def main(argv=None):
         print(f"| {name} | {ratio:.0e} | {row['certified']} | {row['wrong']} | {row['crashed']} | {row['refused']} |")
     for f in failures[:20]:
         print("  ", f)
-    write_json(args.out / "fuzz_polyhedron.json", {
-        "meta": {"commit": commit(), "seed": args.seed, "count": args.count, "seconds": seconds,
+    name = "fuzz_polyhedron" + ("_bounds" if args.bounds else "") + ("" if args.engine == "auto" else f"_{args.engine}") + ".json"
+    write_json(args.out / name, {
+        "meta": {"commit": commit(), "seed": args.seed, "count": args.count, "seconds": seconds, "bounds": args.bounds,
+                 "engine": args.engine,
                  "certificate_tol": CERT_TOL, "versions": versions("polyproj", "scipy")},
         "counts": totals, "worst": worst,
         "by_scale": [{"dtype": name, "input_ratio": ratio, **row} for (name, ratio), row in sorted(table.items())],
         "failures": failures})
-    print(f"wrote {args.out / 'fuzz_polyhedron.json'}")
+    print(f"wrote {args.out / name}")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def random_instance(rng, n=10, m=12, p=2, batch=8, spread=3.0):
     return A, a, B, b, X
 
 
-def fuzz_instance(rng, *, max_n: int = 8, max_m: int = 14, input_ratio: float | None = None):
+def fuzz_instance(rng, *, max_n: int = 8, max_m: int = 14, input_ratio: float | None = None, return_point: bool = False):
     """A random polyhedron with degenerate features drawn at random — duplicated, scaled and
     summed rows, rank-deficient ``B``, rows through a common point (weakly/strongly active,
     more than n active), scales 1e-6…1e6 — and points around it (at ``input_ratio`` times the
@@ -105,4 +105,18 @@ def fuzz_instance(rng, *, max_n: int = 8, max_m: int = 14, input_ratio: float | 
     b = B @ y0
     spread = rng.choice([0.1, 1.0, 10.0]) if input_ratio is None else input_ratio
     X = y0 + spread * rng.standard_normal((4, n))
+    if return_point:
+        return A, a * scale, B, b * scale, X * scale, y0 * scale
     return A, a * scale, B, b * scale, X * scale
+
+
+def fuzz_bounds(rng, point, scale):
+    """Bounds around the feasible ``point``: per coordinate none, lower, upper or both (60 % of
+    them tight at the point: weakly active, or a fixed coordinate when both are), ±inf where
+    missing."""
+    n = point.shape[0]
+    kind = rng.integers(0, 4, n)  # 0 none, 1 lower, 2 upper, 3 both
+    gap = lambda: np.where(rng.random(n) < 0.6, 0.0, rng.uniform(0.0, 1.0, n)) * scale  # noqa: E731
+    lower = np.where((kind == 1) | (kind == 3), point - gap(), -np.inf)
+    upper = np.where((kind == 2) | (kind == 3), point + gap(), np.inf)
+    return lower, upper

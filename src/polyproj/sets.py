@@ -376,16 +376,23 @@ class Polyhedron(ConvexSet):
                 raise ValueError(f"{name} must have its finite entries at the same coordinates in every sample "
                                  "(a bound that is infinite in one sample and finite in another is not supported); "
                                  "use a large finite value instead of inf")
-            pattern.append(finite[0].nonzero().flatten())
-        up_idx, lo_idx = pattern
-        var = torch.cat([up_idx, lo_idx])
-        sign = torch.cat([up.new_ones(up_idx.numel()), -lo.new_ones(lo_idx.numel())])
+            pattern.append(finite[0])
+        # coordinates fixed in every sample (l = u) get one equality row, not two opposite rows
+        lo_b, up_b = torch.broadcast_tensors(lo, up)
+        fixed = (lo_b == up_b).reshape(-1, n).all(0)
+        up_idx, lo_idx, fix_idx = ((pattern[0] & ~fixed).nonzero().flatten(), (pattern[1] & ~fixed).nonzero().flatten(),
+                                   fixed.nonzero().flatten())
+        var = torch.cat([up_idx, lo_idx, fix_idx])
+        sign = torch.cat([up.new_ones(up_idx.numel()), -lo.new_ones(lo_idx.numel()), up.new_ones(fix_idx.numel())])
+        bound_eq = torch.cat([torch.zeros(up_idx.numel() + lo_idx.numel(), dtype=torch.bool),
+                              torch.ones(fix_idx.numel(), dtype=torch.bool)]).to(up.device)
         cb_batch = torch.broadcast_shapes(up.shape[:-1], lo.shape[:-1])
-        cb = torch.cat([up[..., up_idx].expand(*cb_batch, -1), -lo[..., lo_idx].expand(*cb_batch, -1)], -1)
+        cb = torch.cat([up[..., up_idx].expand(*cb_batch, -1), -lo[..., lo_idx].expand(*cb_batch, -1),
+                        up[..., fix_idx].expand(*cb_batch, -1)], -1)
         cg = general.c
         rb = torch.broadcast_shapes(cb.shape[:-1], cg.shape[:-1])
         c = torch.cat([cb.expand(*rb, -1), cg.expand(*rb, -1)], -1)
-        data = BoundedData.from_rows(var, sign, general.C, c, general.m, n)
+        data = BoundedData.from_rows(var, sign, general.C, c, general.m, n, bound_eq=bound_eq)
         sb = torch.broadcast_shapes(scale.shape[:-1], ())
         full_scale = torch.cat([scale.new_ones(*sb, var.numel()), scale], -1)
         return data, full_scale
@@ -518,7 +525,8 @@ class _BoundPolyhedron(ConvexSet):
 
     def _bound_gradient(self, w, *, upper: bool):
         """``g_u = w`` on the rows ``y_j ≤ u_j`` and ``g_l = −w`` on ``−y_j ≤ −l_j`` (the gradient for a
-        right-hand side is the row's multiplier of the backward system), 0 on infinite bounds."""
+        right-hand side is the row's multiplier of the backward system), 0 on infinite bounds; a fixed
+        coordinate's equality row ``y_j = u_j`` counts as its upper bound."""
         D = self.data
         rows = (D.sign > 0) if upper else (D.sign < 0)
         out = w.new_zeros(w.shape[0], D.n)

@@ -152,7 +152,8 @@ def _daqp_loop(data, x: torch.Tensor, max_iter: int):
     nu = torch.from_numpy(nu)
     if nb:  # DAQP's bound multipliers (≥ 0 at the upper bound, ≤ 0 at the lower) → the bound rows
         lam = nu[:, data.var]
-        nu = torch.cat([torch.where(data.sign > 0, lam, -lam).clamp_min(0), nu[:, n:]], 1)
+        fixed = data.eq[: data.nb]  # a fixed coordinate's row is an equality: its multiplier has either sign
+        nu = torch.cat([torch.where(fixed, lam, torch.where(data.sign > 0, lam, -lam).clamp_min(0)), nu[:, n:]], 1)
     return (torch.from_numpy(y), nu, torch.from_numpy(iters), torch.from_numpy(ok))
 
 

@@ -54,7 +54,7 @@ class BoundedData(RowsMixin):
     :class:`~polyproj.functional.polyhedron.PolyhedronData`, whose methods it mirrors."""
 
     var: torch.Tensor  # (nb,) long: the variable of each bound row
-    sign: torch.Tensor  # (nb,) float64: +1 upper bound, −1 lower bound
+    sign: torch.Tensor  # (nb,) float64: +1 upper bound (or a fixed coordinate, an equality row), −1 lower bound
     Cg: torch.Tensor  # (K_g, n) or (N, K_g, n), unit rows (zero rows stay zero)
     Gg: torch.Tensor  # C_g C_gᵀ
     absCg: torch.Tensor
@@ -64,10 +64,15 @@ class BoundedData(RowsMixin):
     n: int
 
     @classmethod
-    def from_rows(cls, var, sign, Cg, c, m_general: int, n: int) -> "BoundedData":
+    def from_rows(cls, var, sign, Cg, c, m_general: int, n: int, bound_eq=None) -> "BoundedData":
+        """``bound_eq`` (nb,) bool marks bound rows that are equalities: a fixed coordinate
+        ``l_j = u_j`` is one row ``y_j = u_j`` (sign +1), not two opposite inequalities (whose
+        2×2 block is singular)."""
         nb = var.shape[0]
         K = nb + Cg.shape[-2]
         eq = torch.arange(K, device=Cg.device) >= nb + m_general
+        if bound_eq is not None:
+            eq[:nb] = bound_eq
         return cls(var=var, sign=sign, Cg=Cg, Gg=Cg @ Cg.mT, absCg=Cg.abs(), c=c, m=nb + m_general, eq=eq, n=n)
 
     @property
@@ -163,9 +168,10 @@ class BoundedData(RowsMixin):
         shape = (*cb.shape[:-1], self.n)
         lower = cb.new_full(shape, -float("inf"))
         upper = cb.new_full(shape, float("inf"))
-        up, lo = self.sign > 0, self.sign < 0
+        up, lo, fixed = self.sign > 0, self.sign < 0, self.eq[: self.nb]
         upper[..., self.var[up]] = cb[..., up]
         lower[..., self.var[lo]] = -cb[..., lo]
+        lower[..., self.var[fixed]] = cb[..., fixed]
         return lower, upper
 
 
