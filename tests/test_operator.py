@@ -24,6 +24,9 @@ def _sets():
         "birkhoff": (pp.Birkhoff(), (3, 3)),
         "partial_matching": (pp.PartialMatching(2), (3, 4)),
         "transportation": (pp.Transportation(torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([1.5, 0.5, 1.0], dtype=F64)), (2, 3)),
+        "bounded_polyhedron": (pp.Polyhedron(A=A, a=A @ y0 + 0.3, lower=y0 - 0.5, upper=y0 + 0.2), (4,)),
+        "sparse_polyhedron": (pp.SparsePolyhedron(A=A, a=A @ y0 + 0.3, B=np.ones((1, 4)), b=[y0.sum()], lower=-2.0,
+                                                  upper=2.0), (4,)),
     }
 
 
@@ -95,6 +98,20 @@ def test_compile_fullgraph_matches_eager(name):
     (g,) = torch.autograd.grad((y * torch.arange(y.numel(), dtype=F64).reshape(y.shape)).sum(), x)
     (ge,) = torch.autograd.grad((net(x) * torch.arange(y.numel(), dtype=F64).reshape(y.shape)).sum(), x)
     assert torch.equal(g, ge)
+
+
+@pytest.mark.parametrize("name", list(SETS))
+def test_compile_fullgraph_for_inference(name):
+    """Inputs that do not require grad (inference) and ``torch.no_grad``: the compiled layer is
+    the operator alone and equals eager."""
+    S, event = SETS[name]
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(torch.nn.Identity(), pp.Projection(S))
+    compiled = torch.compile(net, fullgraph=True, backend="eager")
+    x = torch.randn(6, *event, dtype=F64)
+    assert torch.equal(compiled(x), net(x))
+    with torch.no_grad():
+        assert torch.equal(compiled(x.requires_grad_()), net(x))
 
 
 def test_compile_with_learned_constraint_data_runs_the_layer_eagerly():

@@ -60,8 +60,9 @@ def _broadcast(what, *shapes):
 def _raise_empty_where(bad: torch.Tensor, batched: bool, message):
     """Raise :class:`InfeasibleError` if any entry of ``bad`` (over the set's batch shape) is
     True; ``message(i)`` describes the first empty sample ``i``; per-sample sets name the batch
-    indices."""
-    if not bool(bad.any()):
+    indices.  Not checked inside a compiled graph: a set rebuilt there from its buffers was
+    validated when it was built (learned data run the layer eagerly)."""
+    if torch.compiler.is_compiling() or not bool(bad.any()):
         return
     idx = [tuple(i) for i in bad.nonzero().tolist()]
     where = f" at batch indices {', '.join(map(str, idx[:10]))}" if batched else ""

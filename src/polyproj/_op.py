@@ -261,6 +261,14 @@ class _ProjectForward(ProjectFunction):
 
 def apply_projection(x, pset, batch, tol, max_iter, on_failure, engine, data):
     """Run the projection on flat float64 points; returns the operator's outputs."""
-    fn = ProjectFunction if torch.compiler.is_compiling() else _ProjectForward
+    if torch.compiler.is_compiling():
+        if not torch.is_grad_enabled() or not (x.requires_grad or any(t.requires_grad for t in data)):
+            # nothing to differentiate: the operator alone (Dynamo cannot trace an autograd.Function
+            # whose inputs do not require grad: "AutogradFunctionContextVariable has no proxy")
+            return tuple(project_op(x, pset._handle, list(batch), tol, max_iter, ON_FAILURE.index(on_failure),
+                                    ENGINES.index(engine)))
+        fn = ProjectFunction
+    else:
+        fn = _ProjectForward
     return fn.apply(x, pset._handle, list(batch), tol, max_iter, ON_FAILURE.index(on_failure), ENGINES.index(engine),
                     *data)

@@ -140,6 +140,7 @@ class SparsePolyhedron(ConvexSet):
         self._C2 = _torch_csr(Cn.multiply(Cn).tocsr(), device)
         self._absC = _torch_csr(abs(Cn).tocsr(), device)
         self._Cn = Cn
+        self._detached_data()
         if check_feasibility:
             self._check_nonempty()
 
@@ -168,6 +169,7 @@ class SparsePolyhedron(ConvexSet):
         new._device = device
         for name in ("a", "b", "lower", "upper", "_scale", "_C", "_Ct", "_C2", "_absC"):
             setattr(new, name, getattr(self, name).to(device))
+        new._detached_data()
         return new
 
     def _rhs(self):
@@ -175,12 +177,18 @@ class SparsePolyhedron(ConvexSet):
         c = torch.cat([self.a.detach().expand(*rb, self.m), self.b.detach().expand(*rb, self.p)], -1)
         return c * self._scale
 
+    def _detached_data(self):
+        """Normalised right-hand sides and per-coordinate bounds, detached (computed once: the
+        operator's fake-tensor path binds the set without running arithmetic on its data)."""
+        n = self.n
+        self._c = self._rhs()
+        self._lo = torch.broadcast_to(self.lower.detach(), (*self.lower.shape[:-1], n) if self.lower.ndim else (n,))
+        self._up = torch.broadcast_to(self.upper.detach(), (*self.upper.shape[:-1], n) if self.upper.ndim else (n,))
+
     def _bind(self, batch: torch.Size) -> "_BoundSparse":
         n = self.n
-        lo = torch.broadcast_to(self.lower.detach(), (*self.lower.shape[:-1], n) if self.lower.ndim else (n,))
-        up = torch.broadcast_to(self.upper.detach(), (*self.upper.shape[:-1], n) if self.upper.ndim else (n,))
-        data = SparseData(self._C, self._Ct, self._C2, self._absC, flat_batch(self._rhs(), batch, 1), self.m,
-                          flat_batch(lo, batch, 1), flat_batch(up, batch, 1))
+        data = SparseData(self._C, self._Ct, self._C2, self._absC, flat_batch(self._c, batch, 1), self.m,
+                          flat_batch(self._lo, batch, 1), flat_batch(self._up, batch, 1))
         params = {name: flat_batch(t, batch, 1) for name, t in
                   (("a", self.a), ("b", self.b), ("lower", self.lower), ("upper", self.upper)) if t.requires_grad}
         return _BoundSparse(data, self._scale, params, math.prod(batch), n)
@@ -222,22 +230,28 @@ class _BoundSparse(ConvexSet):
 
     def _solution_shapes(self, x_shape):
         N, n, K, m = x_shape[0], self.event_shape[0], self.data.K, self.data.m
-        extra = [((N, K), torch.float64), ((N, n), torch.float64)] if self.params else []
-        return [((N, m), torch.bool), ((N, K), torch.bool), ((N, n), torch.bool), *extra]
+        extra = [((N, n), torch.float64)] if self.params else []  # the saved y
+        return [((N, m), torch.bool), ((N, K + n), torch.bool), *extra]
 
+    # the saved state is one bool tensor, [active rows | free coordinates] (N, K + n)
     def _solve(self, x, *, tol, max_iter):
         res = solve_sparse(self.data, x, tol=tol, max_iter=max_iter)
-        state = (res.active, res.free, res.y.clone()) if self.params else (res.active, res.free)
+        masks = torch.cat([res.active, res.free], 1)
+        state = (masks, res.y.clone()) if self.params else (masks,)
         return SetSolution(res.y, res.active[:, : self.data.m], res.kkt, res.iterations, res.converged, state)
 
+    def _masks(self, state):
+        K = self.data.K
+        return state[0][:, :K], state[0][:, K:]
+
     def _vjp(self, state, g):
-        return sparse_backward(self.data, state[0], state[1], g)[0]
+        return sparse_backward(self.data, *self._masks(state), g)[0]
 
     def _grad_inputs(self):
         return tuple(self.params.values())
 
     def _vjp_with_inputs(self, state, g):
-        active, free, y = state
+        (active, free), y = self._masks(state), state[1]
         gx, v = sparse_backward(self.data, active, free, g)
         held = ~free  # coordinates at a bound: (g − Mᵀv)_j goes to the bound they sit at
         q = torch.where(held, g - self.data.combine(v.T).T, torch.zeros_like(g))
