@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sps
 import torch
 from tqdm import tqdm
 
@@ -41,18 +42,20 @@ RATIOS = [10.0**k for k in range(-6, 9)]
 CERT_TOL = 1e-9
 
 
-def check(A, a, B, b, X, dtype, bounds=None, engine="auto"):
+def check(A, a, B, b, X, dtype, bounds=None, engine="auto", sparse=False):
     """``(kind, detail)`` for one instance: kind is certified / wrong / refused / crashed.  With
     ``bounds = (lower, upper)`` the set gets them natively and ``A, a`` (used by the certificate)
     already hold them as rows."""
+    cls = pp.SparsePolyhedron if sparse else pp.Polyhedron
+    mat = (lambda M: sps.csr_matrix(M)) if sparse else (lambda M: M)  # noqa: E731
     try:
         if bounds is None:
-            P = pp.Polyhedron(A=A if A.shape[0] else None, a=a if A.shape[0] else None,
-                              B=B if B.shape[0] else None, b=b if B.shape[0] else None)
+            P = cls(A=mat(A) if A.shape[0] else None, a=a if A.shape[0] else None,
+                    B=mat(B) if B.shape[0] else None, b=b if B.shape[0] else None)
         else:
             m = A.shape[0] - int(np.isfinite(bounds[0]).sum() + np.isfinite(bounds[1]).sum())
-            P = pp.Polyhedron(A=A[:m] if m else None, a=a[:m] if m else None, B=B if B.shape[0] else None,
-                              b=b if B.shape[0] else None, lower=bounds[0], upper=bounds[1])
+            P = cls(A=mat(A[:m]) if m else None, a=a[:m] if m else None, B=mat(B) if B.shape[0] else None,
+                    b=b if B.shape[0] else None, lower=bounds[0], upper=bounds[1])
         y = pp.project(torch.tensor(X, dtype=dtype), P, engine=engine)
         if dtype == torch.float32:
             y64 = pp.project(torch.tensor(X, dtype=torch.float32).double(), P, engine=engine)
@@ -82,7 +85,10 @@ def main(argv=None):
                              "writes fuzz_polyhedron_bounds.json")
     parser.add_argument("--engine", choices=("auto", "torch", "daqp"), default="auto",
                         help="the forward engine (auto picks DAQP for these small sets on CPU)")
+    parser.add_argument("--sparse", action="store_true", help="the same sets as SparsePolyhedron (scipy.sparse data)")
     args = parser.parse_args(argv)
+    if args.sparse:
+        args.engine = "auto"  # (one engine)
     table = defaultdict(lambda: {"certified": 0, "wrong": 0, "crashed": 0, "refused": 0})
     failures, worst = [], {"certified_kkt": 0.0, "twice": 0.0, "relative_violation_float32": 0.0}
     t0 = time.perf_counter()
@@ -99,7 +105,7 @@ def main(argv=None):
             A = np.vstack([A, eye[up], -eye[lo]])
             a = np.concatenate([a, bounds[1][up], -bounds[0][lo]])
         for dtype in (torch.float64, torch.float32):
-            kind, detail = check(A, a, B, b, X, dtype, bounds, args.engine)
+            kind, detail = check(A, a, B, b, X, dtype, bounds, args.engine, args.sparse)
             name = str(dtype).removeprefix("torch.")
             table[(name, ratio)][kind] += 1
             if dtype == torch.float64 and kind == "certified":
@@ -119,10 +125,10 @@ def main(argv=None):
         print(f"| {name} | {ratio:.0e} | {row['certified']} | {row['wrong']} | {row['crashed']} | {row['refused']} |")
     for f in failures[:20]:
         print("  ", f)
-    name = "fuzz_polyhedron" + ("_bounds" if args.bounds else "") + ("" if args.engine == "auto" else f"_{args.engine}") + ".json"
+    name = "fuzz_polyhedron" + ("_sparse" if args.sparse else "") + ("_bounds" if args.bounds else "") + ("" if args.engine == "auto" else f"_{args.engine}") + ".json"
     write_json(args.out / name, {
         "meta": {"commit": commit(), "seed": args.seed, "count": args.count, "seconds": seconds, "bounds": args.bounds,
-                 "engine": args.engine,
+                 "engine": args.engine, "sparse": args.sparse,
                  "certificate_tol": CERT_TOL, "versions": versions("polyproj", "scipy")},
         "counts": totals, "worst": worst,
         "by_scale": [{"dtype": name, "input_ratio": ratio, **row} for (name, ratio), row in sorted(table.items())],

@@ -28,6 +28,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (name, file under src/polyproj, text to replace, replacement); lists for several edits
 DEFECTS = [
+    ("bound gradients: lower bound gets the upper bound's sign", "sets.py",
+     "out[:, D.var[rows]] = w[:, : D.nb][:, rows] * (1.0 if upper else -1.0)",
+     "out[:, D.var[rows]] = w[:, : D.nb][:, rows]"),
+    ("bounded masked product ignores the mask of its input", "functional/bounded.py",
+     "return self.data.rows(self.data.combine(v * w)) * w", "return self.data.rows(self.data.combine(v)) * w"),
+    ("DAQP bound multipliers keep DAQP's sign convention", "functional/active_set.py",
+     "torch.where(data.sign > 0, lam, -lam).clamp_min(0)", "lam.clamp_min(0)"),
+    ("sparse backward forgets the free-coordinate mask", "functional/sparse_dual.py",
+     "out = G - Df * data.combine(Ma * v)", "out = G - data.combine(Ma * v)"),
+    ("sparse certificate ignores the bounds", "functional/sparse_dual.py",
+     "primal = torch.maximum(primal, (torch.maximum(Y - up, lo - Y).clamp_min(0) / bscale).amax(0))", "primal = primal"),
+    ("cvxpy inequalities read with the wrong sign", "cvxpy_frontend.py",
+     "kwargs.update(A=-A_all[..., ineq, :], a=b_all[..., ineq])", "kwargs.update(A=A_all[..., ineq, :], a=b_all[..., ineq])"),
+    ("cvxpy bounds: the loosest lower bound kept", "cvxpy_frontend.py",
+     '(("lower", coef > 0, "amax", -float("inf"))', '(("lower", coef > 0, "amin", -float("inf"))'),
     ("DAQP answers accepted without the certificate", "functional/active_set.py",
      'kkt = torch.where(ok, kkt_residual(data, x, y, nu, sx, z), torch.full_like(sx, float("inf")))',
      'kkt = torch.where(ok, torch.zeros_like(sx), torch.full_like(sx, float("inf")))'),
