@@ -135,3 +135,24 @@ def test_shared_equalities_are_eliminated_once():
     y, nu, _, ok = active_set._eliminated_equalities(data, x, 100)
     from polyproj.functional.polyhedron import kkt_residual
     assert bool(ok.all()) and float(kkt_residual(data, x, y, nu, x.abs().amax(-1)).max()) <= 1e-12
+
+
+def test_daqp_certifies_bounded_sets_without_falling_back(monkeypatch):
+    """Bounds are DAQP's own simple bounds: its answers (multipliers mapped back to the bound
+    rows) certify on their own, so the batched solver is never needed here."""
+    import numpy as np
+
+    from polyproj.functional import active_set
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("DAQP's answer was not certified")
+
+    monkeypatch.setattr(active_set, "solve_polyhedron", no_fallback)
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((4, 12))
+    P = pp.Polyhedron(A=A, a=A @ np.full(12, 0.5) + 0.2, B=np.ones((1, 12)), b=[6.0], lower=0.0,
+                      upper=np.where(np.arange(12) % 3 == 0, 0.55, np.inf))
+    x = torch.tensor(3.0 * rng.standard_normal((16, 12)))
+    y, info = pp.project(x, P, engine="daqp", return_info=True)
+    assert bool(info.converged.all()) and bool(P.contains(y).all())
+    assert bool(((y <= 1e-12) | (y >= 0.55 - 1e-12)).any())  # bounds are active somewhere

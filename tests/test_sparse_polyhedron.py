@@ -145,3 +145,21 @@ def test_errors():
         pp.SparsePolyhedron(A=sps.csr_matrix(np.ones((1, 50))), a=[-1.0], lower=0.0)
     with pytest.raises(pp.InfeasibleError, match="lower"):
         pp.SparsePolyhedron(A=A[:m], a=c[:m], lower=1.0, upper=0.0)
+
+
+def test_certificate_sees_bound_violations():
+    """The KKT certificate judges the bounds too: a point outside them is never certified, even
+    with every row satisfied and stationarity exact (the face correction moves free coordinates,
+    which could cross a bound)."""
+    from polyproj.functional.sparse_dual import _kkt
+
+    A, c, m, _ = _problem(n=60, K=8, seed=10)
+    S = pp.SparsePolyhedron(A=A[:m], a=c[:m] + 10.0, B=None, b=None, lower=0.0, upper=1.0)
+    data = S._bind(torch.Size([])).data
+    y = torch.full((60, 1), 0.5, dtype=F64)
+    x = y.clone()
+    x[0], y[0] = 1e8, 1.0  # a far input coordinate: stationarity is judged at the input's scale
+    x[3] = y[3] = 1.001  # above its upper bound by 1e-3 of the set's scale; the rows hold (slack ≥ 10)
+    w = torch.zeros(data.K, 1, dtype=F64)
+    # stationarity alone sees 1e-3 / 1e8; the bound, judged at the set's scale, sees 1e-3
+    assert float(_kkt(data, x, y, w, x.abs().amax(0, keepdim=True))) >= 5e-4

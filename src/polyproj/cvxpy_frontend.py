@@ -263,10 +263,11 @@ class CvxpyProjection(torch.nn.Module):
                 raise ValueError(f"parameter {p.name()} must have shape {shape} or (N, *{shape}), got {tuple(t.shape)}")
             flat[p.id] = t.mT.reshape(t.shape[0], -1) if t.ndim == 3 else t.reshape(t.shape[0], -1)  # column-major
         N = batch or 1
+        device = next((t.device for t in flat.values()), torch.device("cpu"))
         pieces = []
         for pid, (col, size) in sorted(self._columns.items(), key=lambda kv: kv[1][0]):
             if pid == -1:
-                pieces.append(torch.ones(N, 1, dtype=torch.float64))
+                pieces.append(torch.ones(N, 1, dtype=torch.float64, device=device))
             else:
                 pieces.append(flat[pid].expand(N, -1))
         return torch.cat(pieces, 1), batch
@@ -331,6 +332,8 @@ class CvxpyProjection(torch.nn.Module):
         # (rebuilt at every call from the current parameter values; an empty set is reported by
         # the projection, by batch index, rather than by an LP per call)
         P = self.polyhedron(*params, check_feasibility=False)
+        if P.device != x.device:  # a model without parameter tensors is built on the CPU
+            P = P.to(x.device)
         k = len(self.shape)
         flat = x.mT.reshape(*x.shape[: x.ndim - 2], -1) if k == 2 else x.reshape(*x.shape[: x.ndim - k], self.n)
         from .project import project
