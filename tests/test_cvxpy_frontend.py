@@ -159,3 +159,33 @@ def test_refusals_name_the_culprit():
         layer(torch.zeros(4, dtype=F64), torch.ones(1, dtype=F64))
     with pytest.raises(pp.InfeasibleError):  # an empty set at these values is reported, never projected onto
         layer(torch.zeros(3, dtype=F64), -torch.ones(1, dtype=F64))
+
+
+def test_sparse_models_stay_sparse():
+    """A parameter-free matrix from cvxpy goes to a SparsePolyhedron as cvxpy canonicalised it
+    (scipy.sparse, never densified): the same projections and gradients as the dense layer; the
+    default picks it for large variables; a parametric matrix cannot be sparse."""
+    import scipy.sparse as sps
+
+    rng = np.random.default_rng(11)
+    n = 300
+    M = sps.random(40, n, density=0.05, random_state=rng, format="csr")
+    y, c = cp.Variable(n), cp.Parameter(40)
+    cons = [M @ y <= c, cp.sum(y) == n / 4, y >= 0, y <= 1]
+    dense, sparse = pp.from_cvxpy(cons, parameters=[c], sparse=False), pp.from_cvxpy(cons, parameters=[c], sparse=True)
+    c_t = torch.tensor(M @ np.full(n, 0.25) + 0.1, requires_grad=True)
+    assert isinstance(sparse.polyhedron(c_t.detach()), pp.SparsePolyhedron)
+    assert isinstance(dense.polyhedron(c_t.detach()), pp.Polyhedron)
+    x = torch.tensor(rng.standard_normal((4, n)), requires_grad=True)
+    w = torch.tensor(rng.standard_normal((4, n)))
+    ys, yd = sparse(x, c_t), dense(x, c_t)
+    assert torch.allclose(ys, yd, atol=1e-9)
+    gs = torch.autograd.grad((ys * w).sum(), (x, c_t))
+    gd = torch.autograd.grad((yd * w).sum(), (x, c_t))
+    for a, b in zip(gs, gd):
+        assert torch.allclose(a, b, atol=1e-8)
+    z = cp.Variable(2500)
+    assert isinstance(pp.from_cvxpy([cp.sum(z) == 1, z >= 0]).polyhedron(), pp.SparsePolyhedron)
+    F = cp.Parameter((2, n))
+    with pytest.raises(ValueError, match="sparse=True needs a constraint matrix without parameters"):
+        pp.from_cvxpy([F @ y <= 1], parameters=[F], sparse=True)

@@ -38,13 +38,17 @@ and returned in the variable's shape.  Sparse constraint data are densified by `
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sps
 import torch
 
 from ._validation import as_tensor, check_input
 from .nn import Projection
 from .sets import Polyhedron
+from .sparse import SparsePolyhedron
 
 __all__ = ["CvxpyProjection", "from_cvxpy"]
+
+SPARSE_FROM = 2000  # variables from which a parameter-free matrix gives a SparsePolyhedron by default
 
 
 def _cvxpy():
@@ -55,7 +59,8 @@ def _cvxpy():
     return cp
 
 
-def from_cvxpy(problem_or_constraints, variable=None, parameters=(), **projection_options) -> "CvxpyProjection":
+def from_cvxpy(problem_or_constraints, variable=None, parameters=(), *, sparse: bool | None = None,
+               **projection_options) -> "CvxpyProjection":
     """A projection layer onto the polyhedron described by cvxpy constraints (module docstring).
 
     Parameters
@@ -69,6 +74,11 @@ def from_cvxpy(problem_or_constraints, variable=None, parameters=(), **projectio
         The order in which the layer takes parameter values.  For a problem it includes the
         input point ``x`` (any position, as in cvxpylayers); every parameter of the constraints
         must be listed.
+    sparse : bool or None
+        Build a :class:`~polyproj.SparsePolyhedron` (the constraint matrix kept sparse, as cvxpy
+        canonicalised it) instead of a dense :class:`~polyproj.Polyhedron`.  Needs a matrix
+        without parameters.  ``None`` (default): sparse when the variable has at least
+        ``SPARSE_FROM`` entries and the matrix has no parameters.
     **projection_options
         ``tol``, ``max_iter``, ``on_failure``, ``engine`` of :func:`polyproj.project`.
     """
@@ -88,7 +98,7 @@ def from_cvxpy(problem_or_constraints, variable=None, parameters=(), **projectio
     else:
         raise ValueError("from_cvxpy takes a cvxpy Problem or a list of cvxpy constraints, "
                          f"got {type(problem_or_constraints).__name__}")
-    return CvxpyProjection(constraints, variable, list(parameters), point=point, **projection_options)
+    return CvxpyProjection(constraints, variable, list(parameters), point=point, sparse=sparse, **projection_options)
 
 
 def _the_variable(variables, variable, where):
@@ -165,7 +175,7 @@ class CvxpyProjection(torch.nn.Module):
     :class:`~polyproj.Polyhedron` at those parameter values (parameters only).  Gradients flow to
     the point and to every parameter tensor that requires grad."""
 
-    def __init__(self, constraints, variable, parameters, *, point=None, **projection_options):
+    def __init__(self, constraints, variable, parameters, *, point=None, sparse: bool | None = None, **projection_options):
         super().__init__()
         cp = _cvxpy()
         for con in constraints:
@@ -187,6 +197,10 @@ class CvxpyProjection(torch.nn.Module):
         self._options = projection_options
         Projection(Polyhedron(B=np.ones((1, 1)), b=[0.0]), **projection_options)  # validate the options once
         self._read_cone_program(cp, constraints, variable)
+        if sparse and not self.shared_matrix:
+            raise ValueError("sparse=True needs a constraint matrix without parameters (parameters may enter the "
+                             "right-hand sides and bounds); this model's matrix depends on a parameter")
+        self.sparse = bool(sparse) if sparse is not None else (self.shared_matrix and self.n >= SPARSE_FROM)
 
     # -- canonicalisation -------------------------------------------------------------------
     def _read_cone_program(self, cp, constraints, variable):
@@ -237,6 +251,14 @@ class CvxpyProjection(torch.nn.Module):
         self._bound_var = var_of[single]
         self._bound_coef = coef[single]
         self._general = np.setdiff1d(np.arange(rows), self._bound_rows)
+        # the constant matrix, sparse (rows × n), and the map of the right-hand sides alone
+        const = (coo.col == const_col) & in_A
+        self._A_const = sps.csr_matrix((coo.data[const], (entry_row[const], entry_col[const])), shape=(rows, n))
+        in_b = entry_col == n
+        self._b_map = torch.sparse_coo_tensor(
+            torch.from_numpy(np.vstack([entry_row[in_b], coo.col[in_b]]).astype(np.int64)),
+            torch.from_numpy(coo.data[in_b].astype(np.float64)), size=(rows, amap.shape[1]), dtype=torch.float64,
+            check_invariants=True).coalesce()
         self._map = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
                                             torch.from_numpy(coo.data.astype(np.float64)), size=amap.shape,
                                             dtype=torch.float64, check_invariants=True).coalesce()
@@ -272,30 +294,48 @@ class CvxpyProjection(torch.nn.Module):
                 pieces.append(flat[pid].expand(N, -1))
         return torch.cat(pieces, 1), batch
 
-    def polyhedron(self, *values, check_feasibility: bool = True) -> Polyhedron:
+    def polyhedron(self, *values, check_feasibility: bool = True) -> Polyhedron | SparsePolyhedron:
         """The :class:`~polyproj.Polyhedron` at the parameter values ``values`` (one per listed
         parameter other than the input point, in order; each of the parameter's shape, or with
         one leading batch dimension for a per-sample set)."""
         theta, batch = self._theta(values)
-        if self._map.device != theta.device:
-            self._map = self._map.to(theta.device)
-        data = torch.sparse.mm(self._map, theta.T).T  # (N, rows·(n + 1)), column-major [A | b]
         n, rows = self.n, self._rows
-        Ab = data.reshape(-1, n + 1, rows).mT  # (N, rows, n + 1)
-        A_all, b_all = Ab[..., :n], Ab[..., n]
-        if self.shared_matrix or batch is None:
-            A_all = A_all[0]
+        if self._map.device != theta.device:
+            self._map, self._b_map = self._map.to(theta.device), self._b_map.to(theta.device)
+        if self.shared_matrix:  # only the right-hand sides depend on the parameters
+            b_all = torch.sparse.mm(self._b_map, theta.T).T  # (N, rows)
+            A_all = None
+        else:
+            data = torch.sparse.mm(self._map, theta.T).T  # (N, rows·(n + 1)), column-major [A | b]
+            Ab = data.reshape(-1, n + 1, rows).mT  # (N, rows, n + 1)
+            A_all, b_all = Ab[..., :n], Ab[..., n]
+            if batch is None:
+                A_all = A_all[0]
         if batch is None:
             b_all = b_all[0]
-        gen = torch.as_tensor(self._general)
+        gen = self._general
         eq, ineq = gen[gen < self.p], gen[gen >= self.p]
+        if A_all is None:
+            if self.sparse:
+                A_const = self._A_const
+            else:  # (densified once)
+                if getattr(self, "_A_dense", None) is None or self._A_dense.device != b_all.device:
+                    self._A_dense = torch.as_tensor(self._A_const.toarray(), device=b_all.device)
+                A_const = self._A_dense
+            rows_of = lambda idx, sign: sign * A_const[idx]  # noqa: E731
+        else:
+            rows_of = lambda idx, sign: sign * A_all[..., torch.as_tensor(idx), :]  # noqa: E731
         kwargs = {}
-        if eq.numel():
-            kwargs.update(B=A_all[..., eq, :], b=-b_all[..., eq])
-        if ineq.numel():
-            kwargs.update(A=-A_all[..., ineq, :], a=b_all[..., ineq])
+        if eq.size:
+            kwargs.update(B=rows_of(eq, 1.0), b=-b_all[..., torch.as_tensor(eq)])
+        if ineq.size:
+            kwargs.update(A=rows_of(ineq, -1.0), a=b_all[..., torch.as_tensor(ineq)])
         if self._bound_rows.size:
             kwargs.update(self._bounds(b_all))
+        if self.sparse:
+            if not (eq.size or ineq.size):  # bounds alone: one zero row keeps the sparse set well formed
+                kwargs.update(A=sps.csr_matrix((1, n)), a=b_all.new_ones(*b_all.shape[:-1], 1))
+            return SparsePolyhedron(**kwargs, check_feasibility=check_feasibility)
         return Polyhedron(**kwargs, check_feasibility=check_feasibility)
 
     def _bounds(self, b_all):
