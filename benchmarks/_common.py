@@ -44,3 +44,21 @@ def cuda_check_args():
         raise SystemExit("no CUDA device: these checks need a GPU")
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     return args
+
+
+def plot_methods(rows, path, x, *, xlabel: str, title: str, loglog: bool = False) -> None:
+    """One line per ``row["method"]``: ``x(row)`` against the row's fwd+bwd milliseconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    draw = ax.loglog if loglog else ax.semilogy
+    for name in dict.fromkeys(r["method"] for r in rows):
+        pts = [(x(r), 1e3 * r["seconds"]) for r in rows if r["method"] == name]
+        draw(*zip(*pts), "o-", label=name)
+    ax.set(xlabel=xlabel, ylabel="fwd+bwd [ms]", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import polyproj as pp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, versions, write_json  # noqa: E402
+from _common import commit, plot_methods, versions, write_json  # noqa: E402
 from bench_polyhedron import run_qplayer  # noqa: E402
 from bench_structured import interleaved  # noqa: E402
 
@@ -85,20 +85,8 @@ def main(argv=None):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for name in dict.fromkeys(r["method"] for r in rows):
-        pts = [(r["n"], 1e3 * r["seconds"]) for r in rows if r["method"] == name]
-        ax.loglog(*zip(*pts), "o-", label=name)
-    ax.set(xlabel="variables n = k² (2k + 1 general rows, batch 64)", ylabel="fwd+bwd [ms]",
-           title="partial-matching polytope: bounds native vs rows")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plot_methods(rows, path, lambda r: r["n"], xlabel="variables n = k² (2k + 1 general rows, batch 64)",
+                 title="partial-matching polytope: bounds native vs rows", loglog=True)
 
 
 if __name__ == "__main__":
