@@ -40,7 +40,7 @@ DEFECTS = [
     ("sparse certificate ignores the bounds", "functional/sparse_dual.py",
      "primal = torch.maximum(primal, (torch.maximum(Y - up, lo - Y).clamp_min(0) / bscale).amax(0))", "primal = primal"),
     ("cvxpy inequalities read with the wrong sign", "cvxpy_frontend.py",
-     "kwargs.update(A=-A_all[..., ineq, :], a=b_all[..., ineq])", "kwargs.update(A=A_all[..., ineq, :], a=b_all[..., ineq])"),
+     "kwargs.update(A=rows_of(ineq, -1.0),", "kwargs.update(A=rows_of(ineq, 1.0),"),
     ("cvxpy bounds: the loosest lower bound kept", "cvxpy_frontend.py",
      '(("lower", coef > 0, "amax", -float("inf"))', '(("lower", coef > 0, "amin", -float("inf"))'),
     ("DAQP answers accepted without the certificate", "functional/active_set.py",
