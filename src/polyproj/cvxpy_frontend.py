@@ -41,8 +41,8 @@ import numpy as np
 import scipy.sparse as sps
 import torch
 
-from ._validation import as_tensor, check_input
-from .nn import Projection
+from ._validation import as_tensor, check_choice, check_input, check_positive_int, check_tolerance
+from .project import check_engine, project
 from .sets import Polyhedron
 from .sparse import SparsePolyhedron
 
@@ -150,6 +150,23 @@ def _projection_input(objective, variable):
                      f"norm(y - x, 2) with x a parameter; got {objective.expr}")
 
 
+def _projection_options(options: dict, kind) -> dict:
+    """:func:`polyproj.project`'s options, validated once for sets of class ``kind``."""
+    unknown = sorted(set(options) - {"tol", "max_iter", "on_failure", "engine"})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; the projection options are tol, "
+                        "max_iter, on_failure and engine")
+    if options.get("tol") is not None:
+        check_tolerance(options["tol"], torch.float64)
+    if "max_iter" in options:
+        check_positive_int(options["max_iter"], "max_iter")
+    if "on_failure" in options:
+        check_choice(options["on_failure"], "on_failure", ("raise", "warn"))
+    if "engine" in options:
+        check_engine(options["engine"], kind)
+    return dict(options)
+
+
 def _check_constraint(con, variable):
     cp = _cvxpy()
     affine_kinds = (cp.constraints.Equality, cp.constraints.Inequality, cp.constraints.Zero, cp.constraints.NonNeg,
@@ -194,13 +211,12 @@ class CvxpyProjection(torch.nn.Module):
         self.n = int(np.prod(self.shape)) if self.shape else 1
         self.parameters_order = list(parameters)
         self.point_index = next((i for i, p in enumerate(parameters) if point is not None and p.id == point.id), None)
-        self._options = projection_options
-        Projection(Polyhedron(B=np.ones((1, 1)), b=[0.0]), **projection_options)  # validate the options once
         self._read_cone_program(cp, constraints, variable)
         if sparse and not self.shared_matrix:
             raise ValueError("sparse=True needs a constraint matrix without parameters (parameters may enter the "
                              "right-hand sides and bounds); this model's matrix depends on a parameter")
         self.sparse = bool(sparse) if sparse is not None else (self.shared_matrix and self.n >= SPARSE_FROM)
+        self._options = _projection_options(projection_options, SparsePolyhedron if self.sparse else Polyhedron)
 
     # -- canonicalisation -------------------------------------------------------------------
     def _read_cone_program(self, cp, constraints, variable):
@@ -376,8 +392,6 @@ class CvxpyProjection(torch.nn.Module):
             P = P.to(x.device)
         k = len(self.shape)
         flat = x.mT.reshape(*x.shape[: x.ndim - 2], -1) if k == 2 else x.reshape(*x.shape[: x.ndim - k], self.n)
-        from .project import project
-
         y = project(flat, P, **self._options)
         if k == 2:
             return y.reshape(*y.shape[:-1], self.shape[1], self.shape[0]).mT

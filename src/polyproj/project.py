@@ -42,12 +42,13 @@ class ProjectionInfo:
     tol: float
 
 
-def check_engine(engine, pset: ConvexSet) -> str:
-    """``engine`` validated for the set ``pset`` (:func:`project`'s argument)."""
+def check_engine(engine, pset) -> str:
+    """``engine`` validated for the set ``pset`` (:func:`project`'s argument; a set or a set class)."""
     engine = check_choice(engine, "engine", ENGINES)
-    if engine != "auto" and engine not in pset._engines:
-        raise ValueError(f"engine={engine!r} is not available for {type(pset).__name__} (its engines: "
-                         f"{', '.join(('auto', *pset._engines))})")
+    kind = pset if isinstance(pset, type) else type(pset)
+    if engine != "auto" and engine not in kind._engines:
+        raise ValueError(f"engine={engine!r} is not available for {kind.__name__} (its engines: "
+                         f"{', '.join(('auto', *kind._engines))})")
     if engine == "daqp" and not active_set.available():
         raise ImportError("engine='daqp' needs the daqp package: pip install daqp (or pip install 'polyproj[fast]')")
     return engine

@@ -40,7 +40,7 @@ from ._errors import InfeasibleError
 from ._feasibility import check_nonempty
 from ._validation import DEFAULT_TOL, as_tensor, broadcast_batch, check_input
 from .functional import active_set
-from ._bounds import _bounds
+from ._bounds import _bounds, _per_coordinate
 from .functional.bounded import BoundedData
 from .functional.polyhedron import PolyhedronData, solve_polyhedron
 
@@ -367,8 +367,7 @@ class Polyhedron(ConvexSet):
     def _with_bounds(general: PolyhedronData, scale, lower, upper, n) -> tuple[BoundedData, torch.Tensor]:
         """The normalised general rows with one unit row per finite bound in front
         (:class:`~polyproj.functional.bounded.BoundedData`); the row scales get 1 for them."""
-        lo = torch.broadcast_to(lower.detach(), (*lower.shape[:-1], n) if lower.ndim else (n,))
-        up = torch.broadcast_to(upper.detach(), (*upper.shape[:-1], n) if upper.ndim else (n,))
+        lo, up = _per_coordinate(lower, n), _per_coordinate(upper, n)
         pattern = []
         for name, t in (("upper", up), ("lower", lo)):
             finite = torch.isfinite(t).reshape(-1, n)
@@ -435,13 +434,7 @@ class Polyhedron(ConvexSet):
         return new
 
     def _bind(self, batch: torch.Size) -> "_BoundPolyhedron":
-        D = self._data
-        if isinstance(D, BoundedData):
-            data = BoundedData(D.var, D.sign, flat_batch(D.Cg, batch, 2), flat_batch(D.Gg, batch, 2),
-                               flat_batch(D.absCg, batch, 2), flat_batch(D.c, batch, 1), D.m, D.eq, D.n)
-        else:
-            data = PolyhedronData(flat_batch(D.C, batch, 2), flat_batch(D.c, batch, 1), D.m, flat_batch(D.G, batch, 2),
-                                  D.eq, flat_batch(D.absC, batch, 2))
+        data = self._data.with_batched(lambda t, event_ndim: flat_batch(t, batch, event_ndim))
         params = {name: flat_batch(t, batch, nd)
                   for name, t, nd in (("A", self.A, 2), ("a", self.a, 1), ("B", self.B, 2), ("b", self.b, 1),
                                       ("lower", self.lower, 1), ("upper", self.upper, 1))
@@ -554,9 +547,9 @@ class _BoundPolyhedron(ConvexSet):
         :class:`InfeasibleError` naming the empty ones (at most ``_MAX_LP_CHECKS`` checked)."""
         D = self.data
         found = []
+        C_all = D.matrix()
         for i in index[: self._MAX_LP_CHECKS].tolist():
-            C = D.matrix()
-            C = (C[i] if C.ndim == 3 else C).cpu().numpy()
+            C = (C_all[i] if C_all.ndim == 3 else C_all).cpu().numpy()
             c = (D.c[i] if D.c.ndim == 2 else D.c).cpu().numpy()
             scale = (self.scale[i] if self.scale.ndim == 2 else self.scale).cpu().numpy()
             try:

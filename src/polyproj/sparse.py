@@ -19,7 +19,7 @@ import scipy.sparse as sps
 import torch
 from scipy.optimize import linprog
 
-from ._bounds import _bounds
+from ._bounds import _bounds, _per_coordinate
 from ._errors import InfeasibleError
 from ._validation import as_tensor
 from .functional.sparse_dual import SparseData, solve_sparse, sparse_backward
@@ -180,10 +180,8 @@ class SparsePolyhedron(ConvexSet):
     def _detached_data(self):
         """Normalised right-hand sides and per-coordinate bounds, detached (computed once: the
         operator's fake-tensor path binds the set without running arithmetic on its data)."""
-        n = self.n
         self._c = self._rhs()
-        self._lo = torch.broadcast_to(self.lower.detach(), (*self.lower.shape[:-1], n) if self.lower.ndim else (n,))
-        self._up = torch.broadcast_to(self.upper.detach(), (*self.upper.shape[:-1], n) if self.upper.ndim else (n,))
+        self._lo, self._up = _per_coordinate(self.lower, self.n), _per_coordinate(self.upper, self.n)
 
     def _bind(self, batch: torch.Size) -> "_BoundSparse":
         n = self.n

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .polyhedron import RowsMixin
+from .polyhedron import RowsMixin, matrix_combine, matrix_rows
 
 __all__ = ["BoundedData", "BoundedGram"]
 
@@ -62,6 +62,8 @@ class BoundedData(RowsMixin):
     m: int
     eq: torch.Tensor  # (K,) bool
     n: int
+
+    BATCHED = {"Cg": 2, "Gg": 2, "absCg": 2, "c": 1}
 
     @classmethod
     def from_rows(cls, var, sign, Cg, c, m_general: int, n: int, bound_eq=None) -> "BoundedData":
@@ -101,17 +103,11 @@ class BoundedData(RowsMixin):
 
     def general_rows(self, y: torch.Tensor) -> torch.Tensor:
         """``C_g y`` for y (N, n) → (N, K_g) or (N, n, q) → (N, K_g, q)."""
-        if self.per_sample_matrix:
-            return self.Cg @ y if y.ndim == 3 else (self.Cg @ y.unsqueeze(-1)).squeeze(-1)
-        return self.Cg @ y if y.ndim == 3 else y @ self.Cg.mT
+        return matrix_rows(self.Cg, y)
 
     def general_combine(self, w: torch.Tensor) -> torch.Tensor:
         """``C_gᵀ w`` for w (N, K_g) → (N, n) or (N, K_g, q) → (N, n, q)."""
-        if w.ndim == 3:
-            return self.Cg.mT @ w
-        if self.per_sample_matrix:
-            return (w.unsqueeze(-2) @ self.Cg).squeeze(-2)
-        return w @ self.Cg
+        return matrix_combine(self.Cg, w)
 
     def bound_rows(self, y: torch.Tensor) -> torch.Tensor:
         """``E y`` (N, nb) (or (N, nb, q))."""
@@ -135,23 +131,8 @@ class BoundedData(RowsMixin):
         """As :meth:`PolyhedronData.row_scales`; a bound row's terms ``|y_j|`` never exceed ``‖y‖∞``."""
         ay = y.abs()
         top = ay.amax(-1, keepdim=True)
-        if self.Kg:
-            terms = (self.absCg @ ay.unsqueeze(-1)).squeeze(-1) if self.per_sample_matrix else ay @ self.absCg.mT
-            terms = torch.cat([top.expand(-1, self.nb), terms], 1)
-        else:
-            terms = top.expand(-1, self.nb)
+        terms = torch.cat([top.expand(-1, self.nb), matrix_rows(self.absCg, ay)], 1)
         return torch.maximum(torch.maximum(terms, self.c.abs()), top).clamp_min(1e-300)
-
-    def take(self, index: torch.Tensor) -> "BoundedData":
-        if self.Cg.ndim == 2 and self.c.ndim == 1:
-            return self
-        pick = lambda t, k: t[index] if t.ndim == k else t  # noqa: E731
-        return BoundedData(self.var, self.sign, pick(self.Cg, 3), pick(self.Gg, 3), pick(self.absCg, 3),
-                           pick(self.c, 2), self.m, self.eq, self.n)
-
-    def to(self, device) -> "BoundedData":
-        return BoundedData(self.var.to(device), self.sign.to(device), self.Cg.to(device), self.Gg.to(device),
-                           self.absCg.to(device), self.c.to(device), self.m, self.eq.to(device), self.n)
 
     def matrix(self) -> torch.Tensor:
         """The dense rows ``[E; C_g]`` ((K, n) or (N, K, n)): for inspection, the explicit Jacobian

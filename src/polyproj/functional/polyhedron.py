@@ -66,6 +66,7 @@ of ``x``), the primal part reaches rounding level at inputs 1e-6…1e8 times the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -83,10 +84,42 @@ _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the bac
 _ROUNDING_ULPS = 64.0  # rounding an ALM iterate formed at the input's scale may carry, in ulps of ‖x‖∞
 
 
+def matrix_rows(C: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``C y`` for a shared (K, n) or per-sample (N, K, n) ``C`` and y (N, n) → (N, K), or
+    y (N, n, q) → (N, K, q)."""
+    if C.ndim == 3 and y.ndim == 2:
+        return (C @ y.unsqueeze(-1)).squeeze(-1)
+    return C @ y if y.ndim == 3 else y @ C.mT
+
+
+def matrix_combine(C: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``Cᵀ w`` for a shared or per-sample ``C`` and w (N, K) → (N, n), or (N, K, q) → (N, n, q)."""
+    if w.ndim == 3:
+        return C.mT @ w
+    return (w.unsqueeze(-2) @ C).squeeze(-2) if C.ndim == 3 else w @ C
+
+
 class RowsMixin:
-    """Violation helpers shared by the row containers (:class:`PolyhedronData` and
-    :class:`~polyproj.functional.bounded.BoundedData`); they need ``rows``, ``row_scales``,
-    ``c``, ``eq`` and ``K``."""
+    """Helpers shared by the row containers (:class:`PolyhedronData` and
+    :class:`~polyproj.functional.bounded.BoundedData`, frozen dataclasses).  The violation
+    helpers need ``rows``, ``row_scales``, ``c``, ``eq`` and ``K``; ``take``, ``to`` and
+    ``with_batched`` need ``BATCHED``, the fields that may carry a leading batch dimension, with
+    their number of event dimensions."""
+
+    BATCHED: dict = {}
+
+    def take(self, index: torch.Tensor):
+        """The data of the samples ``index`` (shared parts are kept as they are)."""
+        picked = {k: getattr(self, k)[index] for k, nd in self.BATCHED.items() if getattr(self, k).ndim > nd}
+        return dataclasses.replace(self, **picked) if picked else self
+
+    def to(self, device):
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def with_batched(self, transform):
+        """A copy with ``transform(tensor, event_ndim)`` applied to each field of ``BATCHED``."""
+        return dataclasses.replace(self, **{k: transform(getattr(self, k), nd) for k, nd in self.BATCHED.items()})
 
     def primal_scale(self, y: torch.Tensor) -> torch.Tensor:
         """The largest row scale per sample (:meth:`row_scales`), 1 without rows."""
@@ -128,6 +161,8 @@ class PolyhedronData(RowsMixin):
     eq: torch.Tensor  # (K,) bool, True on equality rows
     absC: torch.Tensor  # |C|, for the magnitude of the terms of C y (the primal scale)
 
+    BATCHED = {"C": 2, "c": 1, "G": 2, "absC": 2}
+
     @classmethod
     def from_rows(cls, C: torch.Tensor, c: torch.Tensor, m: int) -> "PolyhedronData":
         eq = torch.arange(C.shape[-2], device=C.device) >= m
@@ -137,32 +172,13 @@ class PolyhedronData(RowsMixin):
     def K(self) -> int:
         return self.C.shape[-2]
 
-    @property
-    def per_sample_matrix(self) -> bool:
-        return self.C.ndim == 3
-
     def rows(self, y: torch.Tensor) -> torch.Tensor:
         """``C y`` for every sample of y (N, n) → (N, K); y may be (N, n, q) → (N, K, q)."""
-        if self.per_sample_matrix:
-            return self.C @ y if y.ndim == 3 else (self.C @ y.unsqueeze(-1)).squeeze(-1)
-        return self.C @ y if y.ndim == 3 else y @ self.C.T
+        return matrix_rows(self.C, y)
 
     def combine(self, nu: torch.Tensor) -> torch.Tensor:
         """``Cᵀ ν`` for every sample of ν (N, K) → (N, n)."""
-        if self.per_sample_matrix:
-            return (nu.unsqueeze(-2) @ self.C).squeeze(-2)
-        return nu @ self.C
-
-    def take(self, index: torch.Tensor) -> "PolyhedronData":
-        """The data of the samples ``index`` (shared parts are kept as they are)."""
-        if self.C.ndim == 2 and self.c.ndim == 1:
-            return self
-        pick = lambda t, k: t[index] if t.ndim == k else t  # noqa: E731
-        return PolyhedronData(pick(self.C, 3), pick(self.c, 2), self.m, pick(self.G, 3), self.eq, pick(self.absC, 3))
-
-    def to(self, device) -> "PolyhedronData":
-        return PolyhedronData(self.C.to(device), self.c.to(device), self.m, self.G.to(device), self.eq.to(device),
-                              self.absC.to(device))
+        return matrix_combine(self.C, nu)
 
     def row_scales(self, y: torch.Tensor) -> torch.Tensor:
         """The scale of each constraint at ``y`` (N, n) → (N, K): ``max(|C_i| |y|, |c_i|, ‖y‖∞)`` —
@@ -170,7 +186,7 @@ class PolyhedronData(RowsMixin):
         to it), at least the size of the point.  A row's violation is judged against its own
         scale: a far-away row with a huge right-hand side does not loosen the others."""
         ay = y.abs()
-        terms = (self.absC @ ay.unsqueeze(-1)).squeeze(-1) if self.per_sample_matrix else ay @ self.absC.T
+        terms = matrix_rows(self.absC, ay)
         return torch.maximum(torch.maximum(terms, self.c.abs()), ay.amax(-1, keepdim=True)).clamp_min(1e-300)
 
     def matrix(self) -> torch.Tensor:

@@ -166,7 +166,7 @@ def _dual_state(data: SparseData, X, W, S0, tau):
     """``(y(w), s(w), gradient R, z = x − Cᵀw, free mask)`` of the subproblem's dual."""
     lo, up = data.bounds()
     Z = X - data.combine(W)
-    Y = torch.minimum(torch.maximum(Z, lo), up)
+    Y = torch.clamp(Z, lo, up)
     m = data.m
     S = (S0 - tau * W[:m]).clamp_min(0)
     R = data.rows(Y) - data.rhs()
@@ -202,7 +202,7 @@ def _kkt(data: SparseData, X, Y, W, sx):
                                          torch.where(torch.isfinite(up), up.abs(), 0.0)), top).clamp_min(1e-300)
     primal = torch.maximum(primal, (torch.maximum(Y - up, lo - Y).clamp_min(0) / bscale).amax(0))
     dscale = torch.maximum(sx, top).clamp_min(1e-300)
-    stat = ((Y - torch.minimum(torch.maximum(X - data.combine(W), lo), up)).abs() / dscale).amax(0)
+    stat = ((Y - torch.clamp(X - data.combine(W), lo, up)).abs() / dscale).amax(0)
     m = data.m
     lam = W[:m] / dscale
     slack = -R[:m] / pscale[:m]
@@ -263,7 +263,7 @@ def _solve_fixed(data: SparseData, X, W, tol, max_iter, cg_rtol, cg_max_iter):
     sx = X.abs().amax(0, keepdim=True)
     scale = torch.maximum(sx, data.rhs().abs().amax(0, keepdim=True)).clamp_min(1.0)
     lo, up = data.bounds()
-    Y0 = torch.minimum(torch.maximum(X - data.combine(W), lo), up)
+    Y0 = torch.clamp(X - data.combine(W), lo, up)
     S0 = (data.rhs()[:m] - data.rows(Y0)[:m]).clamp_min(0) if m else X.new_zeros(0, N)
     tau = _TAU0 / scale  # dimension: slack per multiplier
     steps = torch.zeros(N, dtype=torch.long, device=X.device)
@@ -346,15 +346,14 @@ def _finish(data, X, Y, W, best_kkt, sx, tol, steps, cg_steps, cg_rtol, cg_max_i
         if bool(left.any()):
             Wz = W.clone()
             Wz[:m] = torch.where(left, torch.zeros_like(W[:m]), W[:m])
-            Yz = torch.minimum(torch.maximum(X - data.combine(Wz), lo), up)
+            Yz = torch.clamp(X - data.combine(Wz), lo, up)
             Yz, Wz, kz = _restore(data, X, Yz, Wz, sx, _kkt(data, X, Yz, Wz, sx), wtol, cg_rtol, cg_max_iter)
             won = kz < best_kkt
             Y, W, best_kkt = torch.where(won, Yz, Y), torch.where(won, Wz, W), torch.where(won, kz, best_kkt)
     free = (Y > lo) & (Y < up)
     R = data.rows(Y) - data.rhs()
-    # (rows the point has left keep multipliers of rounding size, ≤ wtol; they are not active, and
-    # the multipliers are returned as certified — zeroing them would move the stationarity the
-    # residual was measured with)
+    # (multipliers ≤ wtol that remain on rows the point has left are not active; the multipliers
+    # are returned as the residual measured them)
     active = _active(data, Y, W, R, wtol)
     converged = (best_kkt <= tol) & torch.isfinite(Y).all(0)
     return SparseResult(Y.T.contiguous(), W.T.contiguous(), active.T.contiguous(), free.T.contiguous(), best_kkt, steps,
