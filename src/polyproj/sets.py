@@ -402,7 +402,7 @@ class Polyhedron(ConvexSet):
         batch = torch.Size(self.batch_shape)
         bound = self._bind(batch)
         N = bound.N
-        probe = solve_polyhedron(bound.data, self.A.new_zeros(N, self.n), tol=DEFAULT_TOL, max_iter=40)
+        probe = solve_polyhedron(bound.data, self.A.new_zeros(N, self.n), tol=DEFAULT_TOL, max_iter=40, _interior=False)
         suspects = (~(bound._relative_violation(probe.y) <= DEFAULT_TOL)).nonzero().flatten()
         bound._raise_if_empty(suspects, batch)
 

@@ -72,6 +72,7 @@ from dataclasses import dataclass
 import torch
 
 from ._masked_linalg import masked_factor, pinv_solve, solve_consistent
+from .interior_point import interior_point
 
 __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
 
@@ -81,6 +82,9 @@ __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
 _RHO, _RHO_GROWTH, _RHO_MAX = 1e3, 10.0, 1e10
 _POLISH_TAU = 1e-9  # rows with relative slack below this join the polishing set
 _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the backward
+_IP_MAX_ITER = 100  # interior-point steps per start for the samples the batched solver leaves uncertified
+_STALL_ROUNDS = 10  # ALM rounds at the penalty cap without a tenfold gain before the interior point takes over
+_HANDOFF_STEPS = 150  # Newton steps after which an uncertified sample goes to the interior point
 _ROUNDING_ULPS = 64.0  # rounding an ALM iterate formed at the input's scale may carry, in ulps of ‖x‖∞
 
 
@@ -465,7 +469,8 @@ def _rescaled_face(data: PolyhedronData, x, sx, y, nu, kkt, tol, max_iter):
     xi, yi = x[i], y[i]
     d = xi - yi
     t = (di.primal_scale(yi) / d.abs().amax(-1).clamp_min(1e-300)).clamp(max=1.0)
-    inner = solve_polyhedron(di, yi + t[:, None] * d, tol=tol, max_iter=min(max_iter, 100), _rescale=False)
+    inner = solve_polyhedron(di, yi + t[:, None] * d, tol=tol, max_iter=min(max_iter, 100), _rescale=False,
+                            _interior=False)
     face = active_rows(di, inner.y, inner.multipliers)
     ya, na, ka = _exchange_rows(di, xi, di.rows(xi), sx[i], tol, face)
     won = ka < kkt[i]
@@ -546,6 +551,194 @@ def _anchored_multiplier(data, x, sx, y_p, z_p, nu, support, max_drops: int = 4)
     return best, best_res
 
 
+def _certify_iterate(ds, xs, ss, zs, ys, ns, r, near, chosen, fresh, late, tol):
+    """Certified candidates from the iterate ``(y, ν)`` (``r = C y − c``) of each sample: the
+    point polished on the rows ``chosen`` (only where ``fresh``), on the rows its slacks alone
+    name, after a few active-set exchanges, and the iterate itself made feasible on its face;
+    the late-round candidates only where ``late``.  Returns the best point, its certifying
+    multiplier and its relative KKT residual (+inf where no candidate was formed)."""
+    yp, np_ = ys.clone(), ns.clone()
+    kp = torch.full_like(ys[:, 0] if ys.shape[1] else ys.new_zeros(ys.shape[0]), float("inf"))
+    f = fresh.nonzero().flatten()
+    if f.numel():
+        df = ds if f.numel() == ys.shape[0] else ds.take(f)
+        yp[f], np_[f], kp[f] = polish(df, xs[f], zs[f], ns[f], ss[f], tol, chosen[f], late[f])
+    # A row can keep a positive ALM multiplier long after the point has left it when the
+    # active rows are nearly dependent (the proximal-point contraction along those
+    # directions is 1/(1 + ρσ²) per round); the primal guess alone then names the face.
+    retry = ((kp > tol) & late).nonzero().flatten()
+    if retry.numel():
+        dr = ds.take(retry)
+        alt = polishing_set(dr, r[retry], ns[retry], near[retry], use_multipliers=False)
+        ya, na, ka = polish(dr, xs[retry], zs[retry], ns[retry], ss[retry], tol, alt)
+        won = ka < kp[retry]
+        j = retry[won]
+        yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
+    # Far from the set (inputs ≫ the set's scale) the ALM stalls at a rounding floor before
+    # its multipliers settle, and both guesses can be one row off: a few primal–dual
+    # active-set exchanges on the face finish the job (DESIGN §6, step 5).
+    retry = ((kp > tol) & late).nonzero().flatten()
+    if retry.numel():
+        dr = ds.take(retry)
+        ya, na, ka = _exchange_rows(dr, xs[retry], zs[retry], ss[retry], tol, chosen[retry])
+        won = ka < kp[retry]
+        j = retry[won]
+        yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
+    # The iterate itself: its stationarity is the inner Newton residual, so once the penalty
+    # has closed the primal gap it can certify where an ill-conditioned face solve cannot.
+    # It too is made feasible on its face (its primal residual is only ≤ tol); only tried
+    # where the polished point did not certify.
+    retry = (kp > tol).nonzero().flatten()
+    if retry.numel():
+        dr = ds.take(retry)
+        yr, nr, zr = _restore_face(dr, chosen[retry], ys[retry], ns[retry], dr.c + r[retry], tol)
+        ka = kkt_residual(dr, xs[retry], yr, nr, ss[retry], zr)
+        won = ka < kp[retry]
+        j = retry[won]
+        yp[j], np_[j], kp[j] = yr[won], nr[won], ka[won]
+    return yp, np_, kp
+
+
+def _face_certificate(data, x, sx, y, nu, face, tol):
+    """The projection of ``x`` onto the affine hull of the face ``face`` and its multiplier, by the
+    SVD of the face's rows ``M`` (never their Gram matrix, whose condition is the square of
+    theirs).  The point is formed as a correction of ``y`` (accurate at the set's scale even for
+    far inputs): ``y⁺ = y − M⁺(M y − c_M) − (I − M⁺M)(y − x)``.  The multiplier is the one nearest
+    to ``ν``, ``ν_M + (Mᵀ)⁺(x − y⁺ − Mᵀν_M)``, or where that one is not certified (it can turn
+    negative on dependent rows: a degenerate vertex has a polytope of multipliers) the
+    nonnegative least-squares multiplier of the face (:func:`_nnls_multiplier`).
+
+    For faces whose rows are many, dependent and ill-conditioned (degenerate vertices with
+    singular values ~1e-6 and multipliers ~1e4 times the data scale), where the Gram-matrix
+    solves of the polishing lose the digits a certificate needs.  Singular values below
+    ``eps·max(K, n)`` of the largest are cut, as in LAPACK's least squares.  Returns
+    ``(y⁺, ν⁺, relative KKT residual)``."""
+    M = data.matrix()
+    r = (data.rows(y) - data.c) * face
+    nu_f = nu * face
+    yp, nup = y.clone(), nu_f.clone()
+    failed = torch.zeros_like(face[:, 0])
+    # one sample at a time, on the face's rows only: LAPACK's divide-and-conquer SVD can fail
+    # to converge on a matrix padded with zero rows (a rare last-resort path, so no batching)
+    for k in range(x.shape[0]):
+        rows = face[k].nonzero().flatten()
+        Mk = (M[k] if M.ndim == 3 else M)[rows]
+        try:
+            U, sv, Vh = torch.linalg.svd(Mk, full_matrices=False)
+        except torch.linalg.LinAlgError:
+            failed[k] = True
+            continue
+        cut = torch.finfo(x.dtype).eps * max(Mk.shape) * sv[:1]
+        inv = torch.where(sv > cut, 1.0 / torch.where(sv > cut, sv, torch.ones_like(sv)), torch.zeros_like(sv))
+        # the projection of x onto the face's affine hull, as a correction of y: the rows'
+        # residual removed by M⁺ = V Σ⁺ Uᵀ and y − x's component in ker M by I − V Vᵀ
+        d = y[k] - x[k]
+        Vr = Vh[sv > cut]
+        yp[k] = y[k] - Vh.mT @ (inv * (U.mT @ r[k, rows])) - (d - Vr.mT @ (Vr @ d))
+        g = x[k] - yp[k] - Mk.mT @ nu_f[k, rows]
+        nup[k, rows] += U @ (inv * (Vh @ g))  # (Mᵀ)⁺ g = U Σ⁺ Vᵀ g
+    kkt = kkt_residual(data, x, yp, nup, sx)
+    kkt = torch.where(failed, torch.full_like(kkt, float("inf")), kkt)
+    # The nearest multiplier can turn negative on dependent rows (a degenerate vertex has a
+    # polytope of multipliers); there the nonnegative least-squares multiplier of the face.
+    for k in (~(kkt <= tol)).nonzero().flatten().tolist():
+        rows = face[k].nonzero().flatten()
+        Mk = (M[k] if M.ndim == 3 else M)[rows]
+        lam = _nnls_multiplier(Mk, data.eq[rows], x[k] - yp[k])
+        if lam is not None:
+            cand = nup[k:k + 1].clone()
+            cand[0, rows] = lam
+            k_n = kkt_residual(data.take(torch.tensor([k], device=x.device)), x[k:k + 1], yp[k:k + 1], cand, sx[k:k + 1])
+            if bool(k_n[0] < kkt[k]):
+                nup[k], kkt[k] = cand[0], k_n[0]
+    return yp, nup, kkt
+
+
+def _nnls_multiplier(M, eq, g):
+    """``ν`` minimising ``‖Mᵀν − g‖`` with ``ν ≥ 0`` on the inequality rows (free on ``eq``), by
+    scipy's NNLS (Lawson–Hanson, on a QR of the columns, never their Gram matrix); an equality
+    row enters as two opposite columns.  On CPU whatever the tensors' device (a last-resort path
+    for single samples).  ``None`` where NNLS fails."""
+    from scipy.optimize import nnls
+
+    basis = torch.cat([M, -M[eq]], 0).mT.detach().cpu().double().numpy()
+    try:
+        coef, _ = nnls(basis, g.detach().cpu().double().numpy(), maxiter=50 * max(1, basis.shape[1]))
+    except RuntimeError:
+        return None
+    coef = torch.from_numpy(coef).to(device=g.device, dtype=g.dtype)
+    lam = coef[: M.shape[0]].clone()
+    lam[eq] -= coef[M.shape[0]:]
+    return lam
+
+
+def _interior_point_finish(data: PolyhedronData, x, sx, y, nu, kkt, tol, max_iter):
+    """The samples still above ``tol`` after the batched solver, solved by the primal–dual
+    interior point (:mod:`~polyproj.functional.interior_point`) from their best pair.
+
+    Each interior iterate whose barrier is small names candidate faces, which
+    :func:`_face_certificate` solves and certifies: the rows whose slack is below their
+    multiplier (each relative to its scale), and the rows whose slack shrank by more than their
+    multiplier since the previous iterate (Tapia's indicator, El-Bakry, Tapia & Zhang, JOTA 1994:
+    on the central path an active row's slack falls with the barrier while its multiplier
+    settles, and the reverse for an inactive row — it separates them where both are still
+    small, as on the degenerate vertices this path is for).  ``max_iter`` (N,) holds the steps
+    each sample may still take (both starts together, at most :data:`_IP_MAX_ITER` each).
+    Returns the best certified point of each sample and the interior-point steps taken."""
+    steps = torch.zeros_like(kkt, dtype=torch.long)
+    y, nu, kkt = y.clone(), nu.clone(), kkt.clone()
+    # From the batched solver's best pair, slightly inside; where that fails, cold from the
+    # input with unit margins (each start certified Maros–Mészáros points the other missed).
+    for cold in (False, True):
+        i = (~(kkt <= tol) & (steps < max_iter)).nonzero().flatten()
+        if i.numel() == 0:
+            break
+        di = data.take(i)
+        certify = _IterateCertifier(di, x[i], sx[i], tol)
+        y0, nu0 = (x[i], torch.zeros_like(nu[i])) if cold else (y[i], nu[i])
+        steps[i] += interior_point(di.matrix(), di.c, di.eq, x[i], y0, nu0, max_iter=(max_iter[i] - steps[i]).clamp(max=_IP_MAX_ITER), certify=certify,
+                                   margin=1.0 if cold else 1e-2)
+        won = ~(kkt[i] <= certify.kkt)
+        j = i[won]
+        y[j], nu[j], kkt[j] = certify.y[won], certify.nu[won], certify.kkt[won]
+    return y, nu, kkt, steps
+
+
+class _IterateCertifier:
+    """The ``certify`` callback of :func:`~polyproj.functional.interior_point.interior_point`
+    (see :func:`_interior_point_finish`): keeps each sample's best certified pair (``y``, ``nu``,
+    ``kkt``) and its previous iterate's relative slacks and multipliers."""
+
+    def __init__(self, data, x, sx, tol):
+        self.data, self.x, self.sx, self.tol = data, x, sx, tol
+        self.y, self.nu = x.clone(), x.new_zeros(x.shape[0], data.K)
+        self.kkt = torch.full_like(sx, float("inf"))
+        self.previous = torch.full((x.shape[0], 2, data.K), float("nan"), dtype=x.dtype, device=x.device)
+
+    def __call__(self, idx, ys, ns):
+        d, tol = self.data.take(idx), self.tol
+        xs, ss = self.x[idx], self.sx[idx]
+        slack = (d.c - d.rows(ys)) / d.row_scales(ys)
+        lam = ns / _scale(ss, ys)[:, None]
+        yp, np_, kp = _face_certificate(d, xs, ss, ys, ns, d.eq | (slack <= lam), tol)
+        before = self.previous[idx]
+        has = (torch.isfinite(before).all(-1).all(-1) & (kp > tol)).nonzero().flatten()
+        if has.numel():
+            tiny = torch.finfo(xs.dtype).tiny
+            shrink_s = slack[has].clamp_min(tiny) / before[has, 0].clamp_min(tiny)
+            shrink_l = lam[has].clamp_min(tiny) / before[has, 1].clamp_min(tiny)
+            tapia = d.eq | (shrink_s < shrink_l)
+            yt, nt, kt = _face_certificate(d.take(has), xs[has], ss[has], ys[has], ns[has], tapia, tol)
+            won = kt < kp[has]
+            j = has[won]
+            yp[j], np_[j], kp[j] = yt[won], nt[won], kt[won]
+        self.previous[idx] = torch.stack([slack, lam], 1)
+        won = ~(self.kkt[idx] <= kp)
+        j = idx[won]
+        self.y[j], self.nu[j], self.kkt[j] = yp[won], np_[won], kp[won]
+        return kp <= tol
+
+
 def active_rows(data: PolyhedronData, y, nu, z=None):
     """Rows treated as active by the backward: every equality row, and the inequality rows
     with slack ≤ τ times the set's scale or a positive certified multiplier (DESIGN §4,
@@ -557,25 +750,69 @@ def active_rows(data: PolyhedronData, y, nu, z=None):
 
 
 def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_iter: int = 500,
-                     _rescale: bool = True) -> SolveResult:
+                     _rescale: bool = True, _interior: bool = True) -> SolveResult:
     """Project the rows of ``x`` (N, n), float64, onto the normalised polyhedron ``data``.
 
     Each outer round: semismooth Newton on φ_k, multiplier update, then polishing; a sample
-    leaves as soon as its certified relative KKT residual is ≤ ``tol``."""
+    leaves as soon as its certified relative KKT residual is ≤ ``tol``.  A sample whose ALM
+    stalls (penalty at its cap, no tenfold gain in :data:`_STALL_ROUNDS` rounds) is handed to the
+    interior point (:func:`_interior_point_finish`), as is every sample left uncertified at the
+    end; one the interior point cannot certify either returns to the ALM for the rest of its
+    ``max_iter`` Newton steps (interior-point steps count towards them)."""
     N = x.shape[0]
     dev = x.device
     sx = x.abs().amax(-1) if x.shape[1] else x.new_zeros(N)
-    y = x.clone()
-    nu = x.new_zeros(N, data.K)
     kkt = x.new_zeros(N) if data.K == 0 else torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
     steps = torch.zeros(N, dtype=torch.long, device=dev)
+    y, nu = x.clone(), x.new_zeros(N, data.K)
     if data.K and N:
-        zx = data.rows(x)
-        live = torch.arange(N, device=dev)
-        y_best, nu_best = y.clone(), nu.clone()
-        rho = torch.full((N,), _RHO, dtype=x.dtype, device=dev)
-        viol_prev = torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
-        last_set = torch.zeros(N, data.K, dtype=torch.bool, device=dev)
+        alm = _ALMState(data, x, sx)
+        everyone = torch.arange(N, device=dev)
+        handed = alm.run(everyone, kkt, steps, tol, max_iter, handoff=_interior)
+        y, nu = alm.y_best, alm.nu_best
+        y, nu, kkt = _tidy(data, x, sx, y, nu, kkt, tol)
+        for _ in range(2 if _rescale else 0):  # the second round starts from the first's better point
+            if bool((kkt <= tol).all()):
+                break
+            y, nu, kkt = _rescaled_face(data, x, sx, y, nu, kkt, tol, max_iter)
+        if _interior and not bool((kkt <= tol).all()):
+            budget = (max_iter - steps).clamp_min(0)
+            y, nu, kkt, ip_steps = _interior_point_finish(data, x, sx, y, nu, kkt, tol, budget)
+            steps += ip_steps
+            again = (handed & ~(kkt <= tol) & (steps < max_iter)).nonzero().flatten()
+            if again.numel():
+                alm.y_best[again], alm.nu_best[again] = y[again], nu[again]
+                alm.run(again, kkt, steps, tol, max_iter, handoff=False)
+                y[again], nu[again] = alm.y_best[again], alm.nu_best[again]
+    active = active_rows(data, y, nu)
+    converged = (kkt <= tol) & torch.isfinite(y).all(-1)
+    return SolveResult(y, active, nu, kkt, steps, converged)
+
+
+class _ALMState:
+    """The proximal ALM's iterates (``y``, ``ν``, penalty ρ, last primal residual, last polishing
+    set) and each sample's best certified pair, kept so that samples can leave the rounds
+    (handed to the interior point) and come back."""
+
+    def __init__(self, data, x, sx):
+        N, dev = x.shape[0], x.device
+        self.data, self.x, self.sx, self.zx = data, x, sx, data.rows(x)
+        self.y, self.nu = x.clone(), x.new_zeros(N, data.K)
+        self.y_best, self.nu_best = self.y.clone(), self.nu.clone()
+        self.rho = torch.full((N,), _RHO, dtype=x.dtype, device=dev)
+        self.viol_prev = torch.full((N,), float("inf"), dtype=x.dtype, device=dev)
+        self.last_set = torch.zeros(N, data.K, dtype=torch.bool, device=dev)
+
+    def run(self, live, kkt, steps, tol, max_iter, *, handoff):
+        """ALM rounds for the samples ``live`` until each is certified, has used ``max_iter``
+        Newton steps, or (``handoff``) has stalled; updates ``kkt`` and ``steps`` in place.
+        Returns the mask of the samples that left by stalling."""
+        data, x, sx, zx = self.data, self.x, self.sx, self.zx
+        y, nu, rho = self.y, self.nu, self.rho
+        N = x.shape[0]
+        handed = torch.zeros(N, dtype=torch.bool, device=x.device)
+        stall = torch.zeros(N, dtype=torch.long, device=x.device)
+        mark = kkt.clone()  # the residual the stall counter measures gains against
         for _ in range(max_iter):
             all_live = live.numel() == N
             xs, ss, zs, rs = (x, sx, zx, rho) if all_live else (x[live], sx[live], zx[live], rho[live])
@@ -594,68 +831,26 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             # Polishing depends only on the chosen rows: skip samples whose set is unchanged
             # since their last polish, unless the late-round certificates may now succeed.
             chosen = polishing_set(ds, r, ns, near)
-            fresh = late | (chosen != last_set[live]).any(-1)
-            last_set[live] = chosen
-            yp, np_ = ys.clone(), ns.clone()
-            kp = torch.full_like(viol, float("inf"))
-            f = fresh.nonzero().flatten()
-            if f.numel():
-                df = ds if f.numel() == live.numel() else ds.take(f)
-                yp[f], np_[f], kp[f] = polish(df, xs[f], zs[f], ns[f], ss[f], tol, chosen[f], late[f])
-            # A row can keep a positive ALM multiplier long after the point has left it when
-            # the active rows are nearly dependent (the proximal-point contraction along
-            # those directions is 1/(1 + ρσ²) per round); the primal guess alone then names
-            # the face.
-            retry = ((kp > tol) & late).nonzero().flatten()
-            if retry.numel():
-                dr = ds.take(retry)
-                alt = polishing_set(dr, r[retry], ns[retry], near[retry], use_multipliers=False)
-                ya, na, ka = polish(dr, xs[retry], zs[retry], ns[retry], ss[retry], tol, alt)
-                won = ka < kp[retry]
-                j = retry[won]
-                yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
-            # Far from the set (inputs ≫ the set's scale) the ALM stalls at a rounding floor
-            # before its multipliers settle, and both guesses can be one row off: a few
-            # primal–dual active-set exchanges on the face finish the job (DESIGN §6, step 5).
-            retry = ((kp > tol) & late).nonzero().flatten()
-            if retry.numel():
-                dr = ds.take(retry)
-                ya, na, ka = _exchange_rows(dr, xs[retry], zs[retry], ss[retry], tol, chosen[retry])
-                won = ka < kp[retry]
-                j = retry[won]
-                yp[j], np_[j], kp[j] = ya[won], na[won], ka[won]
-            # The ALM pair itself: its stationarity is the inner Newton residual, so once the
-            # penalty has closed the primal gap it can certify where an ill-conditioned face
-            # solve cannot.
-            # It too is made feasible on its face (its primal residual is only ≤ tol); only
-            # tried where the polished point did not certify.
-            retry = (kp > tol).nonzero().flatten()
-            if retry.numel():
-                dr = ds.take(retry)
-                yr, nr, zr = _restore_face(dr, chosen[retry], ys[retry], ns[retry], dr.c + r[retry], tol)
-                ka = kkt_residual(dr, xs[retry], yr, nr, ss[retry], zr)
-                won = ka < kp[retry]
-                j = retry[won]
-                yp[j], np_[j], kp[j] = yr[won], nr[won], ka[won]
+            fresh = late | (chosen != self.last_set[live]).any(-1)
+            self.last_set[live] = chosen
+            yp, np_, kp = _certify_iterate(ds, xs, ss, zs, ys, ns, r, near, chosen, fresh, late, tol)
             better = kp < kkt[live]
-            y_best[live] = torch.where(better[:, None], yp, y_best[live])
-            nu_best[live] = torch.where(better[:, None], np_, nu_best[live])
+            self.y_best[live] = torch.where(better[:, None], yp, self.y_best[live])
+            self.nu_best[live] = torch.where(better[:, None], np_, self.nu_best[live])
             kkt[live] = torch.minimum(kp, kkt[live])
             y[live], nu[live] = ys, ns  # the ALM continues from (y_{k+1}, ν_{k+1})
             # penalty update: ×10 where the ALM primal residual fell by less than 4×
-            slow = viol > 0.25 * viol_prev[live]
+            slow = viol > 0.25 * self.viol_prev[live]
             rho[live] = torch.where(slow, (rs * _RHO_GROWTH).clamp_max(_RHO_MAX), rs)
-            viol_prev[live] = viol
-            finished = (kkt[live] <= tol) | (steps[live] >= max_iter)
+            self.viol_prev[live] = viol
+            # stall: penalty at its cap and no tenfold gain in the certified residual
+            gained = kkt[live] <= 0.1 * mark[live]
+            mark[live] = torch.where(gained, kkt[live], mark[live])
+            stall[live] = torch.where(gained | (rho[live] < _RHO_MAX), 0, stall[live] + 1)
+            stalled = ((stall[live] >= _STALL_ROUNDS) | (steps[live] >= _HANDOFF_STEPS)) if handoff else torch.zeros_like(gained)
+            handed[live[stalled]] = True
+            finished = (kkt[live] <= tol) | (steps[live] >= max_iter) | stalled
             live = live[~finished]
             if live.numel() == 0:
                 break
-        y, nu = y_best, nu_best
-        y, nu, kkt = _tidy(data, x, sx, y, nu, kkt, tol)
-        for _ in range(2 if _rescale else 0):  # the second round starts from the first's better point
-            if bool((kkt <= tol).all()):
-                break
-            y, nu, kkt = _rescaled_face(data, x, sx, y, nu, kkt, tol, max_iter)
-    active = active_rows(data, y, nu)
-    converged = (kkt <= tol) & torch.isfinite(y).all(-1)
-    return SolveResult(y, active, nu, kkt, steps, converged)
+        return handed
