@@ -210,7 +210,7 @@ def interior_point(C, c, eq, x, y0, nu0, *, max_iter, certify, margin: float = 1
         y, s, lam, mu_eq = y + t * dy, (s + t * ds).clamp_min(1e-300), (lam + t * dl).clamp_min(1e-300), mu_eq + t * dm
         steps[live] += 1
         # the (costly) certificate only once the barrier is small at both scales
-        ready = ((s * lam).amax(-1) <= _READY * ps[live] * sx[live]).nonzero().flatten()
+        ready = (_inf_norm(s * lam) <= _READY * ps[live] * sx[live]).nonzero().flatten()
         done = torch.zeros_like(t[:, 0], dtype=torch.bool)
         if ready.numel():
             done[ready] = certify(live[ready], y[ready], pack(lam[ready], mu_eq[ready]))

@@ -46,6 +46,14 @@ Algorithm
    and the face named by the primal slacks alone (a row's ALM multiplier can stay positive
    long after the point has left it); the ALM pair itself is also a candidate.  A sample
    leaves as soon as its certified residual is ≤ tol; the others continue the ALM.
+3. **Interior-point finish** (``_interior_point_finish``).  Degenerate vertices — many more
+   active rows than their rank, singular values ~1e-6, multipliers ~1e4 times the data scale —
+   stall the ALM at its penalty cap (its contraction ``1/(1 + ρσ²)`` per round).  A sample
+   that stalls there, or is still uncertified after ``_HANDOFF_STEPS`` Newton steps or at the
+   end, goes to a primal–dual interior point (:mod:`~polyproj.functional.interior_point`),
+   whose iterates name candidate faces; each face is solved by the SVD of its rows (not their
+   Gram matrix) with a nonnegative least-squares multiplier, and certified by the same
+   residual.  A sample it cannot certify returns to the ALM for the rest of its budget.
 
 Convergence criterion (what ``info.kkt_residual`` reports), stated as OSQP and Clarabel state
 theirs, with unit-norm rows ``C = [A; B]``, ``c = [a; b]``: the relative KKT residual is the larger of
