@@ -203,3 +203,17 @@ def test_the_alm_alone_does_not_certify_qpcboei2():
     data = P._bind(torch.Size([1])).data
     res = ph.solve_polyhedron(data, x, tol=TOL, max_iter=500, _interior=False)
     assert not bool(res.converged.all())
+
+
+def test_face_certificate_of_an_empty_face():
+    # an interior iterate may name no active row at all; scipy's NNLS aborts the process on a
+    # basis without columns, so that case must never reach it
+    rng = np.random.default_rng(17)
+    A, a, B, b, X, _ = known_projection("inequality_only", rng)
+    P = _polyhedron(A, a, B, b)
+    x = torch.as_tensor(X)
+    data = P._bind(torch.Size([x.shape[0]])).data
+    face = torch.zeros(x.shape[0], data.K, dtype=torch.bool)
+    y, nu, kkt = ph._face_certificate(data, x, x.abs().amax(-1), x, x.new_zeros(x.shape[0], data.K), face, TOL)
+    torch.testing.assert_close(y, x)  # the face without rows: the whole space
+    assert bool(torch.isfinite(kkt).all()) and bool((nu == 0).all())

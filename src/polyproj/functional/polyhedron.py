@@ -669,6 +669,8 @@ def _nnls_multiplier(M, eq, g):
     for single samples).  ``None`` where NNLS fails."""
     from scipy.optimize import nnls
 
+    if M.shape[0] == 0:  # an empty face (scipy 1.17's NNLS aborts the process on zero columns)
+        return g.new_zeros(0)
     basis = torch.cat([M, -M[eq]], 0).mT.detach().cpu().double().numpy()
     try:
         coef, _ = nnls(basis, g.detach().cpu().double().numpy(), maxiter=50 * max(1, basis.shape[1]))
