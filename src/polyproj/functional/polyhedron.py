@@ -779,12 +779,7 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
         alm = _ALMState(data, x, sx)
         everyone = torch.arange(N, device=dev)
         handed = alm.run(everyone, kkt, steps, tol, max_iter, handoff=_interior)
-        y, nu = alm.y_best, alm.nu_best
-        y, nu, kkt = _tidy(data, x, sx, y, nu, kkt, tol)
-        for _ in range(2 if _rescale else 0):  # the second round starts from the first's better point
-            if bool((kkt <= tol).all()):
-                break
-            y, nu, kkt = _rescaled_face(data, x, sx, y, nu, kkt, tol, max_iter)
+        y, nu, kkt = _rescue(data, x, sx, alm.y_best, alm.nu_best, kkt, tol, max_iter, _rescale)
         if _interior and not bool((kkt <= tol).all()):
             budget = (max_iter - steps).clamp_min(0)
             y, nu, kkt, ip_steps = _interior_point_finish(data, x, sx, y, nu, kkt, tol, budget)
@@ -793,10 +788,22 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             if again.numel():
                 alm.y_best[again], alm.nu_best[again] = y[again], nu[again]
                 alm.run(again, kkt, steps, tol, max_iter, handoff=False)
-                y[again], nu[again] = alm.y_best[again], alm.nu_best[again]
+                y, nu, kkt = _rescue(data, x, sx, alm.y_best, alm.nu_best, kkt, tol, max_iter, _rescale)
     active = active_rows(data, y, nu)
     converged = (kkt <= tol) & torch.isfinite(y).all(-1)
     return SolveResult(y, active, nu, kkt, steps, converged)
+
+
+def _rescue(data, x, sx, y, nu, kkt, tol, max_iter, rescale):
+    """The ALM's best points, tidied (:func:`_tidy`) and, where still uncertified, solved on the
+    face identified at the set's scale (:func:`_rescaled_face`, twice: the second round starts
+    from the first's better point).  Returns copies."""
+    y, nu, kkt = _tidy(data, x, sx, y.clone(), nu.clone(), kkt, tol)
+    for _ in range(2 if rescale else 0):
+        if bool((kkt <= tol).all()):
+            break
+        y, nu, kkt = _rescaled_face(data, x, sx, y, nu, kkt, tol, max_iter)
+    return y, nu, kkt
 
 
 class _ALMState:
