@@ -217,3 +217,22 @@ def test_face_certificate_of_an_empty_face():
     y, nu, kkt = ph._face_certificate(data, x, x.abs().amax(-1), x, x.new_zeros(x.shape[0], data.K), face, TOL)
     torch.testing.assert_close(y, x)  # the face without rows: the whole space
     assert bool(torch.isfinite(kkt).all()) and bool((nu == 0).all())
+
+
+def test_samples_certified_by_the_interior_point_keep_their_point():
+    # Fuzz instance (seed 0, case 5886; inputs 1e7 times the set's scale): one sample returned to
+    # the ALM after the interior point while another was certified by it; the second one once came
+    # back as the ALM's stale point with the interior point's residual (violation 6.7e-5, reported
+    # converged).  Every returned point must certify independently.
+    from problems import fuzz_instance
+
+    rng = np.random.default_rng([0, 5886])
+    ratio = 10.0 ** (int(rng.integers(15)) - 6)
+    A, a, B, b, X, _ = fuzz_instance(rng, input_ratio=ratio, return_point=True)
+    X = X.astype(np.float32).astype(np.float64)
+    P = _polyhedron(A, a, B, b)
+    y, info = pp.project(torch.as_tensor(X), P, return_info=True)
+    assert bool(info.converged.all())
+    assert float(P.violation(y, relative=True).max()) <= TOL
+    for xk, yk in zip(X, y.numpy()):
+        assert certify_projection(xk, yk, A, a, B, b)["kkt"] <= TOL

@@ -786,9 +786,14 @@ def solve_polyhedron(data: PolyhedronData, x: torch.Tensor, *, tol: float, max_i
             steps += ip_steps
             again = (handed & ~(kkt <= tol) & (steps < max_iter)).nonzero().flatten()
             if again.numel():
-                alm.y_best[again], alm.nu_best[again] = y[again], nu[again]
+                # every sample's best pair so far (the interior point's where it certified): the
+                # rescue below starts from all of them, and kkt is theirs
+                alm.y_best, alm.nu_best = y.clone(), nu.clone()
                 alm.run(again, kkt, steps, tol, max_iter, handoff=False)
                 y, nu, kkt = _rescue(data, x, sx, alm.y_best, alm.nu_best, kkt, tol, max_iter, _rescale)
+        # the final certificate, recomputed from the returned pair itself: no bookkeeping
+        # between the phases can report a residual that is not the returned point's
+        kkt = torch.maximum(kkt, kkt_residual(data, x, y, nu, sx))
     active = active_rows(data, y, nu)
     converged = (kkt <= tol) & torch.isfinite(y).all(-1)
     return SolveResult(y, active, nu, kkt, steps, converged)
