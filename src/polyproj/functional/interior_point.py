@@ -176,7 +176,7 @@ def interior_point(C, c, eq, x, y0, nu0, *, max_iter, certify, margin: float = 1
         return nu
 
     for it in range(int(budget.max()) if N else 0):
-        sub = rows if live.numel() == N else _subset(rows, live, N)
+        sub = rows if live.numel() == N else _subset(rows, live)
         cIs, cEs = cI[live], cE[live]
         m = max(1, s.shape[-1])
         rd = y - xs + sub.tmul(sub.CI, lam) + (sub.tmul(sub.CE, mu_eq) if sub.p else 0.0)
@@ -221,7 +221,7 @@ def interior_point(C, c, eq, x, y0, nu0, *, max_iter, certify, margin: float = 1
     return steps
 
 
-def _subset(rows: _Rows, live, N):
+def _subset(rows: _Rows, live):
     """``rows`` restricted to the samples ``live`` (a no-op for shared rows)."""
     out = _Rows.__new__(_Rows)
     out.ineq, out.equ, out.p = rows.ineq, rows.equ, rows.p

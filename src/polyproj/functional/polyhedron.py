@@ -91,6 +91,8 @@ _RHO, _RHO_GROWTH, _RHO_MAX = 1e3, 10.0, 1e10
 _POLISH_TAU = 1e-9  # rows with relative slack below this join the polishing set
 _ACTIVE_TAU = 1e-11  # rows with relative slack below this are active in the backward
 _IP_MAX_ITER = 100  # interior-point steps per start for the samples the batched solver leaves uncertified
+_SVD_RTOL = 1e-10  # singular values of a face's rows below this (relative) are cut: the faces this is for have 1e-6, and inverting ~1e-13 gave multipliers 1e7 times the input's scale whose residual is rounding
+_ROUNDING_FLOOR = 4.0  # a multiplier's stationarity is trusted to this many ulps of Σ|ν_i| (unit rows)
 _STALL_ROUNDS = 10  # ALM rounds at the penalty cap without a tenfold gain before the interior point takes over
 _HANDOFF_STEPS = 150  # Newton steps after which an uncertified sample goes to the interior point
 _ROUNDING_ULPS = 64.0  # rounding an ALM iterate formed at the input's scale may carry, in ulps of ‖x‖∞
@@ -619,7 +621,7 @@ def _face_certificate(data, x, sx, y, nu, face, tol):
     For faces whose rows are many, dependent and ill-conditioned (degenerate vertices with
     singular values ~1e-6 and multipliers ~1e4 times the data scale), where the Gram-matrix
     solves of the polishing lose the digits a certificate needs.  Singular values below
-    ``eps·max(K, n)`` of the largest are cut, as in LAPACK's least squares.  Returns
+    :data:`_SVD_RTOL` of the largest are cut.  Returns
     ``(y⁺, ν⁺, relative KKT residual)``."""
     M = data.matrix()
     r = (data.rows(y) - data.c) * face
@@ -636,7 +638,7 @@ def _face_certificate(data, x, sx, y, nu, face, tol):
         except torch.linalg.LinAlgError:
             failed[k] = True
             continue
-        cut = torch.finfo(x.dtype).eps * max(Mk.shape) * sv[:1]
+        cut = _SVD_RTOL * sv[:1]
         inv = torch.where(sv > cut, 1.0 / torch.where(sv > cut, sv, torch.ones_like(sv)), torch.zeros_like(sv))
         # the projection of x onto the face's affine hull, as a correction of y: the rows'
         # residual removed by M⁺ = V Σ⁺ Uᵀ and y − x's component in ker M by I − V Vᵀ
@@ -648,17 +650,39 @@ def _face_certificate(data, x, sx, y, nu, face, tol):
     kkt = kkt_residual(data, x, yp, nup, sx)
     kkt = torch.where(failed, torch.full_like(kkt, float("inf")), kkt)
     # The nearest multiplier can turn negative on dependent rows (a degenerate vertex has a
-    # polytope of multipliers); there the nonnegative least-squares multiplier of the face.
-    for k in (~(kkt <= tol)).nonzero().flatten().tolist():
+    # polytope of multipliers), or inherit huge components that cancel from ν (an interior
+    # point's multipliers drift along the null space of dependent rows once its barrier is
+    # below rounding: 1e7 times the input's scale on QPCBOEI1), and then its stationarity is
+    # the rounding of Cᵀν, which certifies in one summation order and not in another.  There the
+    # nonnegative least-squares multiplier of the face, and the minimum-norm one on its
+    # support; the candidate with the smallest residual plus its rounding floor is kept.
+    def floor(v, k):
+        return _ROUNDING_FLOOR * torch.finfo(x.dtype).eps * v.abs().sum() / _scale(sx[k:k + 1], yp[k:k + 1])[0]
+
+    fragile = [k for k in range(x.shape[0]) if not bool(failed[k])
+               and (not bool(kkt[k] <= tol) or bool(floor(nup[k], k) > 1e-3 * tol))]
+    for k in fragile:
         rows = face[k].nonzero().flatten()
         Mk = (M[k] if M.ndim == 3 else M)[rows]
-        lam = _nnls_multiplier(Mk, data.eq[rows], x[k] - yp[k])
-        if lam is not None:
+        g = x[k] - yp[k]
+        lam = _nnls_multiplier(Mk, data.eq[rows], g)
+        if lam is None:
+            continue
+        support = (lam != 0) | data.eq[rows]
+        lean = torch.zeros_like(lam)
+        Ms = Mk[support]
+        if Ms.shape[0]:
+            lean[support] = torch.linalg.pinv(Ms.mT, rtol=_SVD_RTOL) @ g
+        sample = data.take(torch.tensor([k], device=x.device))
+        score = kkt[k] + floor(nup[k], k)
+        for cand_lam in (lean, lam):
             cand = nup[k:k + 1].clone()
-            cand[0, rows] = lam
-            k_n = kkt_residual(data.take(torch.tensor([k], device=x.device)), x[k:k + 1], yp[k:k + 1], cand, sx[k:k + 1])
-            if bool(k_n[0] < kkt[k]):
-                nup[k], kkt[k] = cand[0], k_n[0]
+            cand[0] = 0.0
+            cand[0, rows] = cand_lam
+            k_n = kkt_residual(sample, x[k:k + 1], yp[k:k + 1], cand, sx[k:k + 1])[0]
+            s_n = k_n + floor(cand[0], k)
+            if bool(s_n < score):
+                nup[k], kkt[k], score = cand[0], k_n, s_n
     return yp, nup, kkt
 
 
