@@ -28,6 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (name, file under src/polyproj, text to replace, replacement); lists for several edits
 DEFECTS = [
+    ("interior-point finish disabled", "functional/polyhedron.py",
+     "_rescale: bool = True, _interior: bool = True) -> SolveResult:",
+     "_rescale: bool = True, _interior: bool = False) -> SolveResult:"),
+    ("after the interior point, the rescue restarts from stale ALM points and nothing re-certifies",
+     "functional/polyhedron.py",
+     ["alm.y_best, alm.nu_best = y.clone(), nu.clone()", "kkt = torch.maximum(kkt, kkt_residual(data, x, y, nu, sx))"],
+     ["pass", "kkt = kkt"]),
     ("bound gradients: lower bound gets the upper bound's sign", "sets.py",
      "out[:, D.var[rows]] = w[:, : D.nb][:, rows] * (1.0 if upper else -1.0)",
      "out[:, D.var[rows]] = w[:, : D.nb][:, rows]"),
