@@ -25,10 +25,15 @@ def _polyhedron(A, a, B, b, **bounds):
                          B=B if B.shape[0] else None, b=b if B.shape[0] else None, **bounds)
 
 
+def _bound(P, X):
+    """``X`` as a float64 tensor and the set's normalised solver data for that batch."""
+    x = torch.as_tensor(X, dtype=F64)
+    return x, P._bind(torch.Size([x.shape[0]])).data
+
+
 def _interior_only(P, X, *, cold=True):
     """The interior point alone (no ALM) from ``X`` itself, certified by the solver's certifier."""
-    x = torch.as_tensor(X, dtype=F64)
-    data = P._bind(torch.Size([x.shape[0]])).data
+    x, data = _bound(P, X)
     cert = ph._IterateCertifier(data, x, x.abs().amax(-1), TOL)
     steps = interior_point(data.matrix(), data.c, data.eq, x, x, x.new_zeros(x.shape[0], data.K), max_iter=100,
                            certify=cert, margin=1.0 if cold else 1e-2)
@@ -75,8 +80,7 @@ def test_interior_point_respects_its_budget():
     rng = np.random.default_rng(5)
     A, a, B, b, X, _ = known_projection("random", rng)
     P = _polyhedron(A, a, B, b)
-    x = torch.as_tensor(X)
-    data = P._bind(torch.Size([x.shape[0]])).data
+    x, data = _bound(P, X)
     never = lambda idx, y, nu: torch.zeros(idx.shape[0], dtype=torch.bool)  # noqa: E731
     budget = torch.arange(1, x.shape[0] + 1)
     steps = interior_point(data.matrix(), data.c, data.eq, x, x, x.new_zeros(x.shape[0], data.K),
@@ -124,8 +128,7 @@ def test_face_certificate_on_a_degenerate_vertex():
     rng = np.random.default_rng(11)
     A, a, X, y_star = _degenerate_vertex(rng)
     P = pp.Polyhedron(A=A, a=a)
-    x = torch.as_tensor(X)
-    data = P._bind(torch.Size([x.shape[0]])).data
+    x, data = _bound(P, X)
     face = torch.ones(x.shape[0], data.K, dtype=torch.bool)
     y0 = torch.as_tensor(y_star).expand_as(x) + 1e-7 * torch.randn(x.shape, dtype=F64)  # a nearly exact vertex
     zero = x.new_zeros(x.shape[0], data.K)
@@ -199,8 +202,7 @@ def test_the_alm_alone_does_not_certify_qpcboei2():
     # why the interior point is there: without it, the far point stalls at the penalty cap
     A, a, B, b, lower, upper = _qpcboei2()
     P = _polyhedron(A, a, B, b, lower=lower, upper=upper)
-    x = torch.as_tensor(_qpcboei2_points()[2:3])
-    data = P._bind(torch.Size([1])).data
+    x, data = _bound(P, _qpcboei2_points()[2:3])
     res = ph.solve_polyhedron(data, x, tol=TOL, max_iter=500, _interior=False)
     assert not bool(res.converged.all())
 
@@ -211,8 +213,7 @@ def test_face_certificate_of_an_empty_face():
     rng = np.random.default_rng(17)
     A, a, B, b, X, _ = known_projection("inequality_only", rng)
     P = _polyhedron(A, a, B, b)
-    x = torch.as_tensor(X)
-    data = P._bind(torch.Size([x.shape[0]])).data
+    x, data = _bound(P, X)
     face = torch.zeros(x.shape[0], data.K, dtype=torch.bool)
     y, nu, kkt = ph._face_certificate(data, x, x.abs().amax(-1), x, x.new_zeros(x.shape[0], data.K), face, TOL)
     torch.testing.assert_close(y, x)  # the face without rows: the whole space

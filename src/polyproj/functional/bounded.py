@@ -39,7 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .polyhedron import RowsMixin, matrix_combine, matrix_rows
+from ._row_products import matrix_combine, matrix_rows
+from .polyhedron import RowsMixin
 
 __all__ = ["BoundedData", "BoundedGram"]
 

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import torch
 
+from ._row_products import matrix_combine, matrix_rows
+
 __all__ = ["interior_point"]
 
 _STEP_TO_BOUNDARY = 0.995  # fraction of the distance to the boundary of s, λ ≥ 0 taken per step
@@ -65,13 +67,6 @@ class _Rows:
         self.cI, self.cE = c.index_select(-1, ineq), c.index_select(-1, equ)
         self.p = equ.numel()
 
-    @staticmethod
-    def mul(C, y):
-        return (C @ y.unsqueeze(-1)).squeeze(-1) if C.ndim == 3 else y @ C.mT
-
-    @staticmethod
-    def tmul(C, w):
-        return (w.unsqueeze(-2) @ C).squeeze(-2) if C.ndim == 3 else w @ C
 
 
 class _Newton:
@@ -101,15 +96,15 @@ class _Newton:
 
     def _reduced(self, rd, rp, re, rc):
         rows = self.rows
-        rhs = -rd - rows.tmul(rows.CI, self.w * rp - rc / self.s)
+        rhs = -rd - matrix_combine(rows.CI, self.w * rp - rc / self.s)
         u = torch.cholesky_solve(rhs.unsqueeze(-1), self.L)
         if rows.p:
-            dmu = torch.cholesky_solve((rows.mul(rows.CE, u.squeeze(-1)) + re).unsqueeze(-1), self.SL)
+            dmu = torch.cholesky_solve((matrix_rows(rows.CE, u.squeeze(-1)) + re).unsqueeze(-1), self.SL)
             dy = (u - self.HinvCEt @ dmu).squeeze(-1)
             dmu = dmu.squeeze(-1)
         else:
             dy, dmu = u.squeeze(-1), rd.new_zeros(rd.shape[0], 0)
-        ds = -rp - rows.mul(rows.CI, dy)
+        ds = -rp - matrix_rows(rows.CI, dy)
         dlam = (-rc - self.lam * ds) / self.s
         return dy, ds, dlam, dmu
 
@@ -120,9 +115,9 @@ class _Newton:
         step = self._reduced(rd, rp, re, rc)
         for _ in range(_REFINE):
             dy, ds, dlam, dmu = step
-            e_d = rd + dy + rows.tmul(rows.CI, dlam) + (rows.tmul(rows.CE, dmu) if rows.p else 0.0)
-            e_p = rp + rows.mul(rows.CI, dy) + ds
-            e_e = re + rows.mul(rows.CE, dy) if rows.p else re
+            e_d = rd + dy + matrix_combine(rows.CI, dlam) + (matrix_combine(rows.CE, dmu) if rows.p else 0.0)
+            e_p = rp + matrix_rows(rows.CI, dy) + ds
+            e_e = re + matrix_rows(rows.CE, dy) if rows.p else re
             e_c = rc + self.s * dlam + self.lam * ds
             fix = self._reduced(e_d, e_p, e_e, e_c)
             step = tuple(a + b for a, b in zip(step, fix))
@@ -162,7 +157,7 @@ def interior_point(C, c, eq, x, y0, nu0, *, max_iter, certify, margin: float = 1
     ps = torch.maximum(cI.abs().amax(-1) if cI.shape[-1] else x.new_zeros(N),
                        y0.abs().amax(-1)).clamp_min(1e-300)  # the primal (set) scale
     y = y0.clone()
-    s = (cI - rows.mul(rows.CI, y)).clamp_min(0) + margin * ps[:, None]
+    s = (cI - matrix_rows(rows.CI, y)).clamp_min(0) + margin * ps[:, None]
     lam = nu0.index_select(-1, rows.ineq).clamp_min(0) + margin * sx[:, None]
     mu_eq = nu0.index_select(-1, rows.equ)
     live = torch.arange(N, device=dev)
@@ -179,9 +174,9 @@ def interior_point(C, c, eq, x, y0, nu0, *, max_iter, certify, margin: float = 1
         sub = rows if live.numel() == N else _subset(rows, live)
         cIs, cEs = cI[live], cE[live]
         m = max(1, s.shape[-1])
-        rd = y - xs + sub.tmul(sub.CI, lam) + (sub.tmul(sub.CE, mu_eq) if sub.p else 0.0)
-        rp = sub.mul(sub.CI, y) + s - cIs
-        re = sub.mul(sub.CE, y) - cEs
+        rd = y - xs + matrix_combine(sub.CI, lam) + (matrix_combine(sub.CE, mu_eq) if sub.p else 0.0)
+        rp = matrix_rows(sub.CI, y) + s - cIs
+        re = matrix_rows(sub.CE, y) - cEs
         gap = (s * lam).sum(-1) / m
         # Once the barrier is below rounding the Newton systems (W ~ 1e20) lose accuracy: a
         # sample whose primal residual and gap grew 100× over their best has passed its floor.

@@ -80,6 +80,7 @@ from dataclasses import dataclass
 import torch
 
 from ._masked_linalg import masked_factor, pinv_solve, solve_consistent
+from ._row_products import matrix_combine, matrix_rows
 from .interior_point import interior_point
 
 __all__ = ["PolyhedronData", "SolveResult", "solve_polyhedron"]
@@ -96,21 +97,6 @@ _ROUNDING_FLOOR = 4.0  # a multiplier's stationarity is trusted to this many ulp
 _STALL_ROUNDS = 10  # ALM rounds at the penalty cap without a tenfold gain before the interior point takes over
 _HANDOFF_STEPS = 150  # Newton steps after which an uncertified sample goes to the interior point
 _ROUNDING_ULPS = 64.0  # rounding an ALM iterate formed at the input's scale may carry, in ulps of ‖x‖∞
-
-
-def matrix_rows(C: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``C y`` for a shared (K, n) or per-sample (N, K, n) ``C`` and y (N, n) → (N, K), or
-    y (N, n, q) → (N, K, q)."""
-    if C.ndim == 3 and y.ndim == 2:
-        return (C @ y.unsqueeze(-1)).squeeze(-1)
-    return C @ y if y.ndim == 3 else y @ C.mT
-
-
-def matrix_combine(C: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``Cᵀ w`` for a shared or per-sample ``C`` and w (N, K) → (N, n), or (N, K, q) → (N, n, q)."""
-    if w.ndim == 3:
-        return C.mT @ w
-    return (w.unsqueeze(-2) @ C).squeeze(-2) if C.ndim == 3 else w @ C
 
 
 class RowsMixin:
@@ -568,7 +554,7 @@ def _certify_iterate(ds, xs, ss, zs, ys, ns, r, near, chosen, fresh, late, tol):
     the late-round candidates only where ``late``.  Returns the best point, its certifying
     multiplier and its relative KKT residual (+inf where no candidate was formed)."""
     yp, np_ = ys.clone(), ns.clone()
-    kp = torch.full_like(ys[:, 0] if ys.shape[1] else ys.new_zeros(ys.shape[0]), float("inf"))
+    kp = ys.new_full((ys.shape[0],), float("inf"))
     f = fresh.nonzero().flatten()
     if f.numel():
         df = ds if f.numel() == ys.shape[0] else ds.take(f)
@@ -630,9 +616,9 @@ def _face_certificate(data, x, sx, y, nu, face, tol):
     failed = torch.zeros_like(face[:, 0])
     # one sample at a time, on the face's rows only: LAPACK's divide-and-conquer SVD can fail
     # to converge on a matrix padded with zero rows (a rare last-resort path, so no batching)
-    for k in range(x.shape[0]):
-        rows = face[k].nonzero().flatten()
-        Mk = (M[k] if M.ndim == 3 else M)[rows]
+    face_rows = [face[k].nonzero().flatten() for k in range(x.shape[0])]
+    face_M = [(M[k] if M.ndim == 3 else M)[rows] for k, rows in enumerate(face_rows)]
+    for k, (rows, Mk) in enumerate(zip(face_rows, face_M)):
         try:
             U, sv, Vh = torch.linalg.svd(Mk, full_matrices=False)
         except torch.linalg.LinAlgError:
@@ -662,8 +648,7 @@ def _face_certificate(data, x, sx, y, nu, face, tol):
     fragile = [k for k in range(x.shape[0]) if not bool(failed[k])
                and (not bool(kkt[k] <= tol) or bool(floor(nup[k], k) > 1e-3 * tol))]
     for k in fragile:
-        rows = face[k].nonzero().flatten()
-        Mk = (M[k] if M.ndim == 3 else M)[rows]
+        rows, Mk = face_rows[k], face_M[k]
         g = x[k] - yp[k]
         lam = _nnls_multiplier(Mk, data.eq[rows], g)
         if lam is None:
@@ -730,7 +715,8 @@ def _interior_point_finish(data: PolyhedronData, x, sx, y, nu, kkt, tol, max_ite
         di = data.take(i)
         certify = _IterateCertifier(di, x[i], sx[i], tol)
         y0, nu0 = (x[i], torch.zeros_like(nu[i])) if cold else (y[i], nu[i])
-        steps[i] += interior_point(di.matrix(), di.c, di.eq, x[i], y0, nu0, max_iter=(max_iter[i] - steps[i]).clamp(max=_IP_MAX_ITER), certify=certify,
+        budget = (max_iter[i] - steps[i]).clamp(max=_IP_MAX_ITER)
+        steps[i] += interior_point(di.matrix(), di.c, di.eq, x[i], y0, nu0, max_iter=budget, certify=certify,
                                    margin=1.0 if cold else 1e-2)
         won = ~(kkt[i] <= certify.kkt)
         j = i[won]
