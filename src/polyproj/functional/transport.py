@@ -47,6 +47,7 @@ _STAGE_TOL = 1e-3  # continuation: the accuracy an intermediate stage is solved 
 _KERNEL_FREE_BELOW = 1e-6
 _EPS_CAP = 1e-11  # Newton regularisation: ε = min(_EPS_CAP, relative residual) + 1e-12 (module docstring)
 _STALL = 5
+_MERGE = True  # the merge step (:func:`_merge_components`); False gives the plain Newton path
 _ROUNDING = 100.0
 
 
@@ -57,7 +58,7 @@ class SchurLaplacian:
     per sample instead of an (m+n)×(m+n) factorisation.  ``eps`` has shape (N,)."""
 
     def __init__(self, theta: torch.Tensor, eps: torch.Tensor):
-        self.theta, self.m = theta, theta.shape[1]
+        self.theta, self.m, self.eps = theta, theta.shape[1], eps
         self.deg_r, self.deg_c = theta.sum(2), theta.sum(1)
         self.dr = self.deg_r + eps[:, None]
         self.dc = self.deg_c + eps[:, None]
@@ -72,6 +73,15 @@ class SchurLaplacian:
         xb = torch.linalg.lu_solve(self.lu, self.piv, rb)
         xa = torch.baddbmm(va.unsqueeze(-1), self.theta, xb, alpha=-1.0).squeeze(-1) / self.dr
         return torch.cat([xa, xb.squeeze(-1)], 1)
+
+    def kernel_part(self, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``ε (L + εI)⁻¹ v`` for the samples ``rows`` and ``v`` of shape (len(rows), m + n, k):
+        the projection of ``v`` onto the kernel of ``L``, up to O(ε/λ₂) of its range part."""
+        theta, T, dr = self.theta[rows], self.T[rows], self.dr[rows]
+        va, vb = v[:, : self.m], v[:, self.m :]
+        xb = torch.linalg.lu_solve(self.lu[rows], self.piv[rows], vb - T.mT @ va)
+        xa = (va - theta @ xb) / dr[:, :, None]
+        return torch.cat([xa, xb], 1) * self.eps[rows, None, None]
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``L v`` (without ε) for ``v`` of shape (N, m + n)."""
@@ -184,17 +194,19 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
     X, g, q, res = _trial_point(Z, rc, s)
     rc_l, s_l = rc, s
     best, stale = res, torch.zeros_like(res)  # best residual so far, steps since it last halved
+    joined = torch.zeros_like(Z, dtype=torch.bool)
     for it in range(max_iter + 1):
         done = (res <= target) | ((res <= tol) & (stale >= _STALL)) if it < max_iter else torch.ones_like(res, dtype=torch.bool)
         if bool(done.any()):
             idx = live[done]
             X_out[idx], ab_out[idx], kkt[idx], iters[idx] = X[done], ab[done], res[done], it
             keep = ~done
-            live, Z, X, g, q, res, ab, rc_l, s_l, best, stale = (
-                t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l, best, stale))
+            live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, joined = (
+                t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, joined))
             if live.numel() == 0:
                 break
         theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
+        theta = torch.where(joined, 1.0, theta)  # entries a merge step joined at X = 0
         eps = res.clamp(max=_EPS_CAP) + 1e-12
         lap = SchurLaplacian(theta, eps)
         d = lap.solve(-g)
@@ -211,6 +223,15 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             g_kernel = (eps[:, None] * (d - d_range)).abs().amax(1)
             noise = g_kernel <= _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l
             d = torch.where((small & noise)[:, None], d_range, d)
+            merging = small & ~noise if _MERGE else torch.zeros_like(small)
+        else:
+            merging = torch.zeros_like(small)
+        joined = torch.zeros_like(joined)
+        if bool(merging.any()):
+            mi = merging.nonzero().squeeze(1)
+            Zm, dab, jm, moved = _merge_components(Z[mi], g[mi], lap, mi, m, _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l[mi])
+            merging[mi] = moved
+            mi, Zm, dab, jm = mi[moved], Zm[moved], dab[moved], jm[moved]
         d = drop_gauge(d, m)  # a gauge change: X is unchanged along it
         # The full step where it halves the residual ‖∇θ‖∞ (the quadratic phase, and near the
         # solution where θ's decrease is below rounding).
@@ -218,9 +239,9 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
         da, db = d[:, :m, None], d[:, None, m:]
         Zt = Z - da - db
         Xt, gt, qt, rest = _trial_point(Zt, rc_l, s_l)
-        passed = rest <= 0.5 * res
+        passed = (rest <= 0.5 * res) | merging
         if bool(passed.all()):
-            ab = ab + d
+            ab = ab + torch.where(merging[:, None], 0.0, d)
         else:
             # Elsewhere the exact minimiser of θ along d (never worse than the full step).
             # Far from the set (inputs ≫ the marginals) the support graph splits into many
@@ -238,11 +259,80 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             Zs = Zp - tp[:, None, None] * Dp
             Xs, gs, qs, ress = _trial_point(Zs, rc_l[pend], s_l[pend])
             Zt[pend], Xt[pend], gt[pend], qt[pend], rest[pend], t[pend] = Zs, Xs, gs, qs, ress, tp
-            ab = torch.addcmul(ab, t[:, None], d)
+            ab = torch.addcmul(ab, torch.where(merging, 0.0, t)[:, None], d)
+        if bool(merging.any()):
+            Xm, gm, qm, resm = _trial_point(Zm, rc_l[mi], s_l[mi])
+            Zt[mi], Xt[mi], gt[mi], qt[mi], rest[mi], joined[mi] = Zm, Xm, gm, qm, resm, jm
+            ab[mi] = ab[mi] + dab
         Z, X, g, q, res = Zt, Xt, gt, qt, rest
         stale = torch.where(res <= 0.5 * best, 0.0, stale + 1)
         best = torch.minimum(best, res)
     return X_out, ab_out, kkt, iters
+
+
+def _merge_components(Z, g, lap, rows, m, noise):
+    r"""The merge step, for samples whose support graph splits into components out of balance.
+
+    Each component ``k`` (rows ``R_k``, columns ``C_k``, ``s_k`` nodes) has the imbalance
+    ``b_k = Σ_{R_k} ∇_α θ − Σ_{C_k} ∇_β θ`` (= ``Σ_{R_k} r − Σ_{C_k} c``: no mass leaves it), and
+    θ is linear along its gauge direction ``(1_{R_k}, −1_{C_k})``.  The step moves every
+    component's gauge at the velocity ``−b_k / s_k`` (the kernel part of the Newton direction,
+    ``−P_ker ∇θ / ε``, rescaled by ε) until an entry between two components reaches zero; the
+    two then move as one, with the summed imbalance, and so on until the components still
+    apart are in balance.  This is the path the Newton iteration itself follows there — each of
+    its steps joins the first pair, as the curvature the joining entry adds (∝ 1/ε²) stops the
+    exact line search just past it — taken in one step, with O(mn) work per join instead of a
+    factorisation.  X does not change (entries join at zero) and θ falls linearly between
+    joins.  Components in balance to rounding (``|b_k| ≤ noise``) stay where they are: a
+    transport solution's components are all in balance.
+
+    Components are named by the kernel part of ``(L + εI)⁻¹ u`` for two fixed random vectors
+    ``u`` (constant on a component's rows, its negative on the columns), applied twice so the
+    range part is O((ε/λ₂)²).  Returns ``(Z, Δ(α, β), joined, moved)``: ``joined`` marks the
+    entries that joined, which the next Newton step takes into its support; ``moved`` is False
+    where no join was possible (the caller takes the ordinary Newton step there)."""
+    N, _, n = Z.shape
+    dev, dt = Z.device, Z.dtype
+    Z = Z.clone()
+    u = torch.rand(m + n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dev, dt) + 0.5
+    p = lap.kernel_part(rows, lap.kernel_part(rows, u.expand(rows.numel(), -1, -1)))
+    ident = torch.cat([p[:, :m], -p[:, m:]], 1)  # (N, m + n, 2): equal across a component
+    tol = 1e-6 * ident.abs().flatten(1).amax(1)
+    same = ((ident[:, :, None] - ident[:, None]).abs() <= tol[:, None, None, None]).all(-1)
+    label = same.to(torch.int8).argmax(-1)  # the first node of each node's component
+    signed = torch.cat([g[:, :m], -g[:, m:]], 1)
+    imbalance = torch.zeros_like(signed).scatter_add_(1, label, signed)  # per component (at its label)
+    size = torch.zeros_like(signed).scatter_add_(1, label, torch.ones_like(signed))
+    imbalance = torch.where(imbalance.abs() <= noise[:, None] * size, 0.0, imbalance)
+    dab = torch.zeros(N, m + n, dtype=dt, device=dev)
+    joined = torch.zeros_like(Z, dtype=torch.bool)
+    moved = torch.zeros(N, dtype=torch.bool, device=dev)
+    live = torch.ones(N, dtype=torch.bool, device=dev)
+    batch = torch.arange(N, device=dev)
+    for _ in range(m + n - 1):
+        v = -(imbalance / size.clamp_min(1)).gather(1, label)  # each node's component velocity
+        vR, vC = v[:, :m], v[:, m:]
+        cross = label[:, :m, None] != label[:, None, m:]
+        rate = torch.where(cross, vC[:, None, :] - vR[:, :, None], 0.0)  # dZ_ij / dt
+        cand = (rate > 0) & live[:, None, None]
+        t = torch.where(cand, (-Z).clamp_min(0) / torch.where(cand, rate, 1.0), float("inf")).flatten(1)
+        tmin, at = t.min(1)
+        live = torch.isfinite(tmin)
+        if not bool(live.any()):
+            break
+        moved |= live
+        tmin = torch.where(live, tmin, 0.0)
+        Z.addcmul_(tmin[:, None, None], rate)
+        dab.addcmul_(tmin[:, None], torch.cat([vR, -vC], 1))
+        b, i, j = batch[live], (at // n)[live], (at % n)[live]
+        Z[b, i, j] = 0.0
+        joined[b, i, j] = True
+        la, lb = label[b, i], label[b, m + j]
+        imbalance[b, la] += imbalance[b, lb]
+        size[b, la] += size[b, lb]
+        imbalance[b, la] = torch.where(imbalance[b, la].abs() <= noise[b] * size[b, la], 0.0, imbalance[b, la])
+        label[b] = torch.where(label[b] == lb[:, None], la[:, None], label[b])
+    return Z, dab, joined, moved
 
 
 def _warm_rounds(n: int) -> int:
