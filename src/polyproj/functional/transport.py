@@ -47,6 +47,8 @@ _STAGE_TOL = 1e-3  # continuation: the accuracy an intermediate stage is solved 
 _KERNEL_FREE_BELOW = 1e-6
 _EPS_CAP = 1e-11  # Newton regularisation: ε = min(_EPS_CAP, relative residual) + 1e-12 (module docstring)
 _STALL = 5
+import os as _os
+_DEBUG = bool(_os.environ.get('TDEBUG'))
 _MERGE = True  # the merge step (:func:`_merge_components`); False gives the plain Newton path
 _ROUNDING = 100.0
 
@@ -264,6 +266,12 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             Xm, gm, qm, resm = _trial_point(Zm, rc_l[mi], s_l[mi])
             Zt[mi], Xt[mi], gt[mi], qt[mi], rest[mi], joined[mi] = Zm, Xm, gm, qm, resm, jm
             ab[mi] = ab[mi] + dab
+        if _DEBUG:
+            import scipy.sparse as _sp, scipy.sparse.csgraph as _cg
+            x0 = X[0].numpy() > 0
+            A_ = _sp.bmat([[None, _sp.csr_matrix(x0)], [_sp.csr_matrix(x0.T), None]])
+            tt = 'merge' if bool(merging[0]) else (1.0 if bool(passed.all()) else float(t[0]))
+            print(f"    step {it}: res {float(res[0]):.2e} -> {float(rest[0]):.2e} t {tt} supp {int(x0.sum())} comps {_cg.connected_components(A_)[0]} -> supp {int((Xt[0]>0).sum())}")
         Z, X, g, q, res = Zt, Xt, gt, qt, rest
         stale = torch.where(res <= 0.5 * best, 0.0, stale + 1)
         best = torch.minimum(best, res)
@@ -300,39 +308,82 @@ def _merge_components(Z, g, lap, rows, m, noise):
     tol = 1e-6 * ident.abs().flatten(1).amax(1)
     same = ((ident[:, :, None] - ident[:, None]).abs() <= tol[:, None, None, None]).all(-1)
     label = same.to(torch.int8).argmax(-1)  # the first node of each node's component
+    # Components, numbered 0 … K−1 per sample (K ≤ m + n; padded to the batch's largest).
+    first = label == torch.arange(m + n, device=dev)
+    comp = (first.cumsum(1) - 1).gather(1, label)  # (N, m + n)
+    K = int(first.sum(1).max())
     signed = torch.cat([g[:, :m], -g[:, m:]], 1)
-    imbalance = torch.zeros_like(signed).scatter_add_(1, label, signed)  # per component (at its label)
-    size = torch.zeros_like(signed).scatter_add_(1, label, torch.ones_like(signed))
-    imbalance = torch.where(imbalance.abs() <= noise[:, None] * size, 0.0, imbalance)
+    imbalance = torch.zeros(N, K, dtype=dt, device=dev).scatter_add_(1, comp, signed)
+    size = torch.zeros(N, K, dtype=dt, device=dev).scatter_add_(1, comp, torch.ones_like(signed))
+    # The joins depend on the entries only through each block (rows of k) × (columns of l):
+    # within it every entry moves at the same rate, so the first to reach zero is the block's
+    # largest.  The process runs on these K × K block maxima (value M, entry index A): a join
+    # costs O(K²), not O(mn).
+    cR, cC = comp[:, :m], comp[:, m:]
+    block = (cR[:, :, None] * K + cC[:, None, :]).flatten(1)
+    cross = (cR[:, :, None] != cC[:, None, :]).flatten(1)
+    Zf = torch.where(cross, Z.flatten(1), float("-inf"))
+    M = torch.full((N, K * K), float("-inf"), dtype=dt, device=dev).scatter_reduce_(1, block, Zf, "amax")
+    hit = cross & (Zf == M.gather(1, block))
+    entry = torch.arange(m * n, device=dev).expand(N, -1)
+    A = torch.full((N, K * K), -1, dtype=torch.long, device=dev).scatter_reduce_(
+        1, block, torch.where(hit, entry, -1), "amax")
+    M, A = M.view(N, K, K), A.view(N, K, K)
+    # M holds each block's maximum at gauge shift zero: its value now is M + shift_l − shift_k,
+    # and its absolute hitting time stays fixed until k or l joins another component — so a
+    # join updates one row and one column of the hitting times H, and the next join is H's
+    # minimum.
+    shift = torch.zeros(N, K, dtype=dt, device=dev)  # each component's gauge move so far
+    v = torch.where(imbalance.abs() <= noise[:, None] * size, 0.0, -imbalance / size.clamp_min(1))
+    H = _hitting_times(M, v[:, None, :] - v[:, :, None], torch.zeros(N, 1, 1, dtype=dt, device=dev))
     dab = torch.zeros(N, m + n, dtype=dt, device=dev)
-    joined = torch.zeros_like(Z, dtype=torch.bool)
+    joined = torch.zeros(N, m * n, dtype=torch.bool, device=dev)
     moved = torch.zeros(N, dtype=torch.bool, device=dev)
-    live = torch.ones(N, dtype=torch.bool, device=dev)
-    batch = torch.arange(N, device=dev)
-    for _ in range(m + n - 1):
-        v = -(imbalance / size.clamp_min(1)).gather(1, label)  # each node's component velocity
-        vR, vC = v[:, :m], v[:, m:]
-        cross = label[:, :m, None] != label[:, None, m:]
-        rate = torch.where(cross, vC[:, None, :] - vR[:, :, None], 0.0)  # dZ_ij / dt
-        cand = (rate > 0) & live[:, None, None]
-        t = torch.where(cand, (-Z).clamp_min(0) / torch.where(cand, rate, 1.0), float("inf")).flatten(1)
-        tmin, at = t.min(1)
+    now = torch.zeros(N, dtype=dt, device=dev)
+    for _ in range(K - 1):
+        tmin, at = H.flatten(1).min(1)
         live = torch.isfinite(tmin)
         if not bool(live.any()):
             break
         moved |= live
-        tmin = torch.where(live, tmin, 0.0)
-        Z.addcmul_(tmin[:, None, None], rate)
-        dab.addcmul_(tmin[:, None], torch.cat([vR, -vC], 1))
-        b, i, j = batch[live], (at // n)[live], (at % n)[live]
-        Z[b, i, j] = 0.0
-        joined[b, i, j] = True
-        la, lb = label[b, i], label[b, m + j]
-        imbalance[b, la] += imbalance[b, lb]
-        size[b, la] += size[b, lb]
-        imbalance[b, la] = torch.where(imbalance[b, la].abs() <= noise[b] * size[b, la], 0.0, imbalance[b, la])
-        label[b] = torch.where(label[b] == lb[:, None], la[:, None], label[b])
+        shift.addcmul_(torch.where(live, tmin - now, 0.0)[:, None], v)
+        now = torch.where(live, tmin, now)
+        b, k, l = live.nonzero().squeeze(1), (at // K)[live], (at % K)[live]
+        joined[b, A[b, k, l]] = True
+        # Join l into k: the merged component's rows are those of k and l, so are its columns.
+        # Its blocks are re-based to k's gauge shift; nodes of l keep their move so far in dab.
+        sk, sl = shift[b, k, None], shift[b, l, None]
+        row_k, row_l = M[b, k], M[b, l] + sk - sl  # block (k ∪ l, q) at k's shift
+        col_k, col_l = M[b, :, k], M[b, :, l] + sl - sk  # block (p, k ∪ l)
+        take_r, take_c = row_l > row_k, col_l > col_k
+        M[b, k], A[b, k] = torch.where(take_r, row_l, row_k), torch.where(take_r, A[b, l], A[b, k])
+        M[b, :, k], A[b, :, k] = torch.where(take_c, col_l, col_k), torch.where(take_c, A[b, :, l], A[b, :, k])
+        M[b, l], M[b, :, l], M[b, k, k] = float("-inf"), float("-inf"), float("-inf")
+        in_l = comp[b] == l[:, None]
+        dab[b] += torch.where(in_l, sl - sk, 0.0)
+        comp[b] = torch.where(in_l, k[:, None], comp[b])
+        imbalance[b, k] += imbalance[b, l]
+        size[b, k] += size[b, l]
+        imbalance[b, l], size[b, l], v[b, l] = 0.0, 0.0, 0.0
+        v[b, k] = torch.where(imbalance[b, k].abs() <= noise[b] * size[b, k], 0.0, -imbalance[b, k] / size[b, k])
+        # Hitting times of the merged component's row and column (the values now: M + shift_q − shift_p).
+        t0 = now[b, None]
+        H[b, k] = _hitting_times(M[b, k] + shift[b] - sk, v[b] - v[b, k, None], t0)
+        H[b, :, k] = _hitting_times(M[b, :, k] + sk - shift[b], v[b, k, None] - v[b], t0)
+        H[b, l], H[b, :, l] = float("inf"), float("inf")
+    dab += shift.gather(1, comp)
+    dab[:, m:] *= -1  # α_i moves by the shift of i's component, β_j by minus that of j's
+    Z = Z - dab[:, :m, None] - dab[:, None, m:]
+    joined = joined.view(N, m, n)
+    Z[joined] = 0.0
     return Z, dab, joined, moved
+
+
+def _hitting_times(value, rate, now):
+    """When an off-support block whose largest entry is ``value`` (≤ 0) now and moves at
+    ``rate`` reaches zero: ``now − value / rate`` where ``rate > 0``, else ∞."""
+    ok = (rate > 0) & (value > float("-inf"))
+    return torch.where(ok, now + (-value).clamp_min(0) / torch.where(ok, rate, 1.0), float("inf"))
 
 
 def _warm_rounds(n: int) -> int:
