@@ -41,7 +41,7 @@ import torch
 from .polyhedron import _ACTIVE_TAU, _ROUNDING_ULPS, line_search_root
 
 _SHORTEST_STEP = 2.0**-30  # taken where the exact search finds no decrease representable
-_FIRST_STAGE = 30.0  # continuation: the first stage's input scale, in units of the marginals
+_FIRST_STAGE = float("inf")  # continuation: the first stage's input scale, in units of the marginals
 _STAGE_FACTOR = 10.0  # continuation: growth of the input scale per stage
 _STAGE_TOL = 1e-3  # continuation: the accuracy an intermediate stage is solved to (its support is what the next stage needs; 1e-9 took more steps in every family measured)
 _KERNEL_FREE_BELOW = 1e-6
@@ -60,7 +60,7 @@ class SchurLaplacian:
     per sample instead of an (m+n)×(m+n) factorisation.  ``eps`` has shape (N,)."""
 
     def __init__(self, theta: torch.Tensor, eps: torch.Tensor):
-        self.theta, self.m, self.eps = theta, theta.shape[1], eps
+        self.theta, self.m = theta, theta.shape[1]
         self.deg_r, self.deg_c = theta.sum(2), theta.sum(1)
         self.dr = self.deg_r + eps[:, None]
         self.dc = self.deg_c + eps[:, None]
@@ -75,15 +75,6 @@ class SchurLaplacian:
         xb = torch.linalg.lu_solve(self.lu, self.piv, rb)
         xa = torch.baddbmm(va.unsqueeze(-1), self.theta, xb, alpha=-1.0).squeeze(-1) / self.dr
         return torch.cat([xa, xb.squeeze(-1)], 1)
-
-    def kernel_part(self, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``ε (L + εI)⁻¹ v`` for the samples ``rows`` and ``v`` of shape (len(rows), m + n, k):
-        the projection of ``v`` onto the kernel of ``L``, up to O(ε/λ₂) of its range part."""
-        theta, T, dr = self.theta[rows], self.T[rows], self.dr[rows]
-        va, vb = v[:, : self.m], v[:, self.m :]
-        xb = torch.linalg.lu_solve(self.lu[rows], self.piv[rows], vb - T.mT @ va)
-        xa = (va - theta @ xb) / dr[:, :, None]
-        return torch.cat([xa, xb], 1) * self.eps[rows, None, None]
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``L v`` (without ε) for ``v`` of shape (N, m + n)."""
@@ -196,19 +187,42 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
     X, g, q, res = _trial_point(Z, rc, s)
     rc_l, s_l = rc, s
     best, stale = res, torch.zeros_like(res)  # best residual so far, steps since it last halved
-    joined = torch.zeros_like(Z, dtype=torch.bool)
+    balanced_support = torch.ones_like(Z, dtype=torch.bool)  # a support whose components were in balance
     for it in range(max_iter + 1):
         done = (res <= target) | ((res <= tol) & (stale >= _STALL)) if it < max_iter else torch.ones_like(res, dtype=torch.bool)
         if bool(done.any()):
             idx = live[done]
             X_out[idx], ab_out[idx], kkt[idx], iters[idx] = X[done], ab[done], res[done], it
             keep = ~done
-            live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, joined = (
-                t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, joined))
+            live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support = (
+                t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support))
             if live.numel() == 0:
                 break
         theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
-        theta = torch.where(joined, 1.0, theta)  # entries a merge step joined at X = 0
+        merging = torch.zeros_like(res, dtype=torch.bool)
+        if _MERGE:
+            # Components of the support graph out of balance join first (_merge_components):
+            # the Newton step would otherwise join them one pair per step.  A support that kept
+            # every edge of one whose components were in balance has them in balance too (a
+            # component's imbalance is Σ r − Σ c over its nodes), so only the others are checked.
+            support = theta > 0
+            check = (balanced_support & ~support).flatten(1).any(1)
+            if bool(check.any()):
+                ci = check.nonzero().squeeze(1)
+                noise = _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l[ci]
+                comp, K = support_components(support[ci])
+                signed = torch.cat([g[ci, :m], -g[ci, m:]], 1)
+                imbalance = torch.zeros(len(ci), K, dtype=dt, device=dev).scatter_add_(1, comp, signed)
+                size = torch.zeros_like(imbalance).scatter_add_(1, comp, torch.ones_like(signed))
+                out = (imbalance.abs() > noise[:, None] * size).any(1)
+                merging[ci] = out
+                if bool(out.any()):
+                    mi, sel = ci[out], out.nonzero().squeeze(1)
+                    Zm, dab, jm = _merge_components(Z[mi], comp[sel], imbalance[sel], size[sel], m, noise[sel])
+                    Z[mi], ab[mi] = Zm, ab[mi] + dab
+                    X[mi], g[mi], q[mi], res[mi] = _trial_point(Zm, rc_l[mi], s_l[mi])
+                    theta[mi] = torch.where(jm, 1.0, theta[mi])  # the joined entries, at zero
+                balanced_support[ci] = theta[ci] > 0
         eps = res.clamp(max=_EPS_CAP) + 1e-12
         lap = SchurLaplacian(theta, eps)
         d = lap.solve(-g)
@@ -225,15 +239,6 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             g_kernel = (eps[:, None] * (d - d_range)).abs().amax(1)
             noise = g_kernel <= _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l
             d = torch.where((small & noise)[:, None], d_range, d)
-            merging = small & ~noise if _MERGE else torch.zeros_like(small)
-        else:
-            merging = torch.zeros_like(small)
-        joined = torch.zeros_like(joined)
-        if bool(merging.any()):
-            mi = merging.nonzero().squeeze(1)
-            Zm, dab, jm, moved = _merge_components(Z[mi], g[mi], lap, mi, m, _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l[mi])
-            merging[mi] = moved
-            mi, Zm, dab, jm = mi[moved], Zm[moved], dab[moved], jm[moved]
         d = drop_gauge(d, m)  # a gauge change: X is unchanged along it
         # The full step where it halves the residual ‖∇θ‖∞ (the quadratic phase, and near the
         # solution where θ's decrease is below rounding).
@@ -241,9 +246,9 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
         da, db = d[:, :m, None], d[:, None, m:]
         Zt = Z - da - db
         Xt, gt, qt, rest = _trial_point(Zt, rc_l, s_l)
-        passed = (rest <= 0.5 * res) | merging
+        passed = rest <= 0.5 * res
         if bool(passed.all()):
-            ab = ab + torch.where(merging[:, None], 0.0, d)
+            ab = ab + d
         else:
             # Elsewhere the exact minimiser of θ along d (never worse than the full step).
             # Far from the set (inputs ≫ the marginals) the support graph splits into many
@@ -261,16 +266,12 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             Zs = Zp - tp[:, None, None] * Dp
             Xs, gs, qs, ress = _trial_point(Zs, rc_l[pend], s_l[pend])
             Zt[pend], Xt[pend], gt[pend], qt[pend], rest[pend], t[pend] = Zs, Xs, gs, qs, ress, tp
-            ab = torch.addcmul(ab, torch.where(merging, 0.0, t)[:, None], d)
-        if bool(merging.any()):
-            Xm, gm, qm, resm = _trial_point(Zm, rc_l[mi], s_l[mi])
-            Zt[mi], Xt[mi], gt[mi], qt[mi], rest[mi], joined[mi] = Zm, Xm, gm, qm, resm, jm
-            ab[mi] = ab[mi] + dab
+            ab = torch.addcmul(ab, t[:, None], d)
         if _DEBUG:
             import scipy.sparse as _sp, scipy.sparse.csgraph as _cg
             x0 = X[0].numpy() > 0
             A_ = _sp.bmat([[None, _sp.csr_matrix(x0)], [_sp.csr_matrix(x0.T), None]])
-            tt = 'merge' if bool(merging[0]) else (1.0 if bool(passed.all()) else float(t[0]))
+            tt = ('merge ' if bool(merging[0]) else '') + str(1.0 if bool(passed.all()) else float(t[0]))
             print(f"    step {it}: res {float(res[0]):.2e} -> {float(rest[0]):.2e} t {tt} supp {int(x0.sum())} comps {_cg.connected_components(A_)[0]} -> supp {int((Xt[0]>0).sum())}")
         Z, X, g, q, res = Zt, Xt, gt, qt, rest
         stale = torch.where(res <= 0.5 * best, 0.0, stale + 1)
@@ -278,43 +279,28 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
     return X_out, ab_out, kkt, iters
 
 
-def _merge_components(Z, g, lap, rows, m, noise):
+def _merge_components(Z, comp, imbalance, size, m, noise):
     r"""The merge step, for samples whose support graph splits into components out of balance.
 
-    Each component ``k`` (rows ``R_k``, columns ``C_k``, ``s_k`` nodes) has the imbalance
-    ``b_k = Σ_{R_k} ∇_α θ − Σ_{C_k} ∇_β θ`` (= ``Σ_{R_k} r − Σ_{C_k} c``: no mass leaves it), and
-    θ is linear along its gauge direction ``(1_{R_k}, −1_{C_k})``.  The step moves every
-    component's gauge at the velocity ``−b_k / s_k`` (the kernel part of the Newton direction,
-    ``−P_ker ∇θ / ε``, rescaled by ε) until an entry between two components reaches zero; the
-    two then move as one, with the summed imbalance, and so on until the components still
-    apart are in balance.  This is the path the Newton iteration itself follows there — each of
-    its steps joins the first pair, as the curvature the joining entry adds (∝ 1/ε²) stops the
-    exact line search just past it — taken in one step, with O(mn) work per join instead of a
-    factorisation.  X does not change (entries join at zero) and θ falls linearly between
-    joins.  Components in balance to rounding (``|b_k| ≤ noise``) stay where they are: a
-    transport solution's components are all in balance.
+    Each component ``k`` (numbered ``comp``: rows ``R_k``, columns ``C_k``, ``s_k`` nodes) has
+    the imbalance ``b_k = Σ_{R_k} ∇_α θ − Σ_{C_k} ∇_β θ`` (= ``Σ_{R_k} r − Σ_{C_k} c``: no mass
+    leaves it), and θ is linear along its gauge direction ``(1_{R_k}, −1_{C_k})``.  The step
+    moves every component's gauge at the velocity ``−b_k / s_k`` (the kernel part of the Newton
+    direction, ``−P_ker ∇θ / ε``, rescaled by ε) until an entry between two components reaches
+    zero; the two then move as one, with the summed imbalance, and so on until the components
+    still apart are in balance.  This is the path the Newton iteration itself follows there —
+    each of its steps joins the first pair, as the curvature the joining entry adds (∝ 1/ε²)
+    stops the exact line search just past it — without a factorisation per join.  X does not
+    change (entries join at zero) and θ falls linearly between joins.  Components in balance
+    to rounding (``|b_k| ≤ noise · s_k``) stay where they are: a transport solution's
+    components are all in balance.
 
-    Components are named by the kernel part of ``(L + εI)⁻¹ u`` for two fixed random vectors
-    ``u`` (constant on a component's rows, its negative on the columns), applied twice so the
-    range part is O((ε/λ₂)²).  Returns ``(Z, Δ(α, β), joined, moved)``: ``joined`` marks the
-    entries that joined, which the next Newton step takes into its support; ``moved`` is False
-    where no join was possible (the caller takes the ordinary Newton step there)."""
+    Returns ``(Z, Δ(α, β), joined)``; ``joined`` marks the entries that joined, which the
+    Newton step that follows takes into its support."""
     N, _, n = Z.shape
     dev, dt = Z.device, Z.dtype
-    Z = Z.clone()
-    u = torch.rand(m + n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dev, dt) + 0.5
-    p = lap.kernel_part(rows, lap.kernel_part(rows, u.expand(rows.numel(), -1, -1)))
-    ident = torch.cat([p[:, :m], -p[:, m:]], 1)  # (N, m + n, 2): equal across a component
-    tol = 1e-6 * ident.abs().flatten(1).amax(1)
-    same = ((ident[:, :, None] - ident[:, None]).abs() <= tol[:, None, None, None]).all(-1)
-    label = same.to(torch.int8).argmax(-1)  # the first node of each node's component
-    # Components, numbered 0 … K−1 per sample (K ≤ m + n; padded to the batch's largest).
-    first = label == torch.arange(m + n, device=dev)
-    comp = (first.cumsum(1) - 1).gather(1, label)  # (N, m + n)
-    K = int(first.sum(1).max())
-    signed = torch.cat([g[:, :m], -g[:, m:]], 1)
-    imbalance = torch.zeros(N, K, dtype=dt, device=dev).scatter_add_(1, comp, signed)
-    size = torch.zeros(N, K, dtype=dt, device=dev).scatter_add_(1, comp, torch.ones_like(signed))
+    K = imbalance.shape[1]
+    imbalance, size = imbalance.clone(), size.clone()
     # The joins depend on the entries only through each block (rows of k) × (columns of l):
     # within it every entry moves at the same rate, so the first to reach zero is the block's
     # largest.  The process runs on these K × K block maxima (value M, entry index A): a join
@@ -338,14 +324,12 @@ def _merge_components(Z, g, lap, rows, m, noise):
     H = _hitting_times(M, v[:, None, :] - v[:, :, None], torch.zeros(N, 1, 1, dtype=dt, device=dev))
     dab = torch.zeros(N, m + n, dtype=dt, device=dev)
     joined = torch.zeros(N, m * n, dtype=torch.bool, device=dev)
-    moved = torch.zeros(N, dtype=torch.bool, device=dev)
     now = torch.zeros(N, dtype=dt, device=dev)
     for _ in range(K - 1):
         tmin, at = H.flatten(1).min(1)
         live = torch.isfinite(tmin)
         if not bool(live.any()):
             break
-        moved |= live
         shift.addcmul_(torch.where(live, tmin - now, 0.0)[:, None], v)
         now = torch.where(live, tmin, now)
         b, k, l = live.nonzero().squeeze(1), (at // K)[live], (at % K)[live]
@@ -376,7 +360,38 @@ def _merge_components(Z, g, lap, rows, m, noise):
     Z = Z - dab[:, :m, None] - dab[:, None, m:]
     joined = joined.view(N, m, n)
     Z[joined] = 0.0
-    return Z, dab, joined, moved
+    return Z, dab, joined
+
+
+def support_components(support: torch.Tensor):
+    """Connected components of the bipartite graph with edges ``support`` (N, m, n) on the m
+    row and n column nodes: returns ``(comp, K)``, ``comp`` (N, m + n) numbering each sample's
+    components 0, 1, … in the order of their first node, ``K`` the batch's largest count.
+
+    Hooking and pointer jumping (Shiloach & Vishkin 1982): every tree's root is hooked under
+    the least root adjacent to it, then the trees are flattened to stars; a few O(mn) rounds,
+    all batched, no factorisation."""
+    N, m, n = support.shape
+    dev = support.device
+    parent = torch.arange(m + n + 1, device=dev).expand(N, -1).contiguous()  # the last: a sink for non-edges
+    while True:
+        while True:
+            up = parent.gather(1, parent)
+            if torch.equal(up, parent):
+                break
+            parent = up
+        root_r, root_c = parent[:, :m, None], parent[:, None, m : m + n]
+        lo = torch.minimum(root_r, root_c)
+        hi = torch.where(support & (root_r != root_c), torch.maximum(root_r, root_c), m + n)
+        hooked = parent.scatter_reduce(1, hi.flatten(1), lo.flatten(1), "amin")
+        hooked[:, m + n] = m + n
+        if torch.equal(hooked, parent):
+            break
+        parent = hooked
+    lab = parent[:, : m + n]
+    first = lab == torch.arange(m + n, device=dev)
+    comp = (first.cumsum(1) - 1).gather(1, lab)
+    return comp, int(first.sum(1).max())
 
 
 def _hitting_times(value, rate, now):
