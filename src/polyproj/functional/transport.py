@@ -188,14 +188,18 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
     rc_l, s_l = rc, s
     best, stale = res, torch.zeros_like(res)  # best residual so far, steps since it last halved
     balanced_support = torch.ones_like(Z, dtype=torch.bool)  # a support whose components were in balance
+    # Samples whose support may split into components out of balance: at the start, those with
+    # fewer than m + n − 1 edges or an isolated node (a connected support has neither); later,
+    # those whose last step was not a full Newton step or had a kernel part above rounding.
+    suspect = _sparse_support(X)
     for it in range(max_iter + 1):
         done = (res <= target) | ((res <= tol) & (stale >= _STALL)) if it < max_iter else torch.ones_like(res, dtype=torch.bool)
         if bool(done.any()):
             idx = live[done]
             X_out[idx], ab_out[idx], kkt[idx], iters[idx] = X[done], ab[done], res[done], it
             keep = ~done
-            live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support = (
-                t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support))
+            live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support, suspect = (
+                t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support, suspect))
             if live.numel() == 0:
                 break
         theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
@@ -204,9 +208,10 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             # Components of the support graph out of balance join first (_merge_components):
             # the Newton step would otherwise join them one pair per step.  A support that kept
             # every edge of one whose components were in balance has them in balance too (a
-            # component's imbalance is Σ r − Σ c over its nodes), so only the others are checked.
+            # component's imbalance is Σ r − Σ c over its nodes), so only the others are checked,
+            # and only where the last step gave a sign of it (``suspect``).
             support = theta > 0
-            check = (balanced_support & ~support).flatten(1).any(1)
+            check = suspect & (balanced_support & ~support).flatten(1).any(1)
             if bool(check.any()):
                 ci = check.nonzero().squeeze(1)
                 noise = _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l[ci]
@@ -273,6 +278,9 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target, start=None):
             A_ = _sp.bmat([[None, _sp.csr_matrix(x0)], [_sp.csr_matrix(x0.T), None]])
             tt = ('merge ' if bool(merging[0]) else '') + str(1.0 if bool(passed.all()) else float(t[0]))
             print(f"    step {it}: res {float(res[0]):.2e} -> {float(rest[0]):.2e} t {tt} supp {int(x0.sum())} comps {_cg.connected_components(A_)[0]} -> supp {int((Xt[0]>0).sum())}")
+        suspect = ~passed | _sparse_support(Xt)
+        if bool(small.any()):
+            suspect |= small & ~noise
         Z, X, g, q, res = Zt, Xt, gt, qt, rest
         stale = torch.where(res <= 0.5 * best, 0.0, stale + 1)
         best = torch.minimum(best, res)
@@ -303,64 +311,92 @@ def _merge_components(Z, comp, imbalance, size, m, noise):
     imbalance, size = imbalance.clone(), size.clone()
     # The joins depend on the entries only through each block (rows of k) × (columns of l):
     # within it every entry moves at the same rate, so the first to reach zero is the block's
-    # largest.  The process runs on these K × K block maxima (value M, entry index A): a join
-    # costs O(K²), not O(mn).
+    # largest.  The process runs on these K × K block maxima M: a join costs O(K), not O(mn).
+    # Index K is a spare component that never moves: samples with nothing left to join "join"
+    # it with itself, so every update runs on the whole batch without selecting samples.
     cR, cC = comp[:, :m], comp[:, m:]
-    block = (cR[:, :, None] * K + cC[:, None, :]).flatten(1)
-    cross = (cR[:, :, None] != cC[:, None, :]).flatten(1)
-    Zf = torch.where(cross, Z.flatten(1), float("-inf"))
-    M = torch.full((N, K * K), float("-inf"), dtype=dt, device=dev).scatter_reduce_(1, block, Zf, "amax")
-    hit = cross & (Zf == M.gather(1, block))
-    entry = torch.arange(m * n, device=dev).expand(N, -1)
-    A = torch.full((N, K * K), -1, dtype=torch.long, device=dev).scatter_reduce_(
-        1, block, torch.where(hit, entry, -1), "amax")
-    M, A = M.view(N, K, K), A.view(N, K, K)
+    cross = cR[:, :, None] != cC[:, None, :]
+    K1 = K + 1
+    M = torch.full((N, K1 * K1), float("-inf"), dtype=dt, device=dev).scatter_reduce_(
+        1, (cR[:, :, None] * K1 + cC[:, None, :]).flatten(1), torch.where(cross, Z, float("-inf")).flatten(1), "amax")
+    M = M.view(N, K1, K1)
+    pad = torch.zeros(N, 1, dtype=dt, device=dev)
+    imbalance, size = torch.cat([imbalance, pad], 1), torch.cat([size, pad], 1)
     # M holds each block's maximum at gauge shift zero: its value now is M + shift_l − shift_k,
     # and its absolute hitting time stays fixed until k or l joins another component — so a
     # join updates one row and one column of the hitting times H, and the next join is H's
-    # minimum.
-    shift = torch.zeros(N, K, dtype=dt, device=dev)  # each component's gauge move so far
-    v = torch.where(imbalance.abs() <= noise[:, None] * size, 0.0, -imbalance / size.clamp_min(1))
-    H = _hitting_times(M, v[:, None, :] - v[:, :, None], torch.zeros(N, 1, 1, dtype=dt, device=dev))
-    dab = torch.zeros(N, m + n, dtype=dt, device=dev)
-    joined = torch.zeros(N, m * n, dtype=torch.bool, device=dev)
+    # minimum.  A component that joins another keeps, in ``offset``, its shift minus the
+    # other's at that moment; ``parent`` records the join.
+    shift = torch.zeros(N, K1, dtype=dt, device=dev)  # each component's gauge move so far
+    offset = torch.zeros(N, K1, dtype=dt, device=dev)
+    parent = torch.arange(K1, device=dev).expand(N, -1).contiguous()
+    bs = torch.stack([imbalance, size], -1)  # (N, K1, 2)
+    v = _velocity(bs, noise)
+    H = _hitting_times(M, v[:, None, :] - v[:, :, None], 0.0)
     now = torch.zeros(N, dtype=dt, device=dev)
+    ar = torch.arange(N, device=dev)
+    inf = float("inf")
     for _ in range(K - 1):
-        tmin, at = H.flatten(1).min(1)
-        live = torch.isfinite(tmin)
+        tmin, at = H.view(N, -1).min(1)
+        live = tmin < inf
         if not bool(live.any()):
             break
-        shift.addcmul_(torch.where(live, tmin - now, 0.0)[:, None], v)
-        now = torch.where(live, tmin, now)
-        b, k, l = live.nonzero().squeeze(1), (at // K)[live], (at % K)[live]
-        joined[b, A[b, k, l]] = True
-        # Join l into k: the merged component's rows are those of k and l, so are its columns.
-        # Its blocks are re-based to k's gauge shift; nodes of l keep their move so far in dab.
-        sk, sl = shift[b, k, None], shift[b, l, None]
-        row_k, row_l = M[b, k], M[b, l] + sk - sl  # block (k ∪ l, q) at k's shift
-        col_k, col_l = M[b, :, k], M[b, :, l] + sl - sk  # block (p, k ∪ l)
-        take_r, take_c = row_l > row_k, col_l > col_k
-        M[b, k], A[b, k] = torch.where(take_r, row_l, row_k), torch.where(take_r, A[b, l], A[b, k])
-        M[b, :, k], A[b, :, k] = torch.where(take_c, col_l, col_k), torch.where(take_c, A[b, :, l], A[b, :, k])
-        M[b, l], M[b, :, l], M[b, k, k] = float("-inf"), float("-inf"), float("-inf")
-        in_l = comp[b] == l[:, None]
-        dab[b] += torch.where(in_l, sl - sk, 0.0)
-        comp[b] = torch.where(in_l, k[:, None], comp[b])
-        imbalance[b, k] += imbalance[b, l]
-        size[b, k] += size[b, l]
-        imbalance[b, l], size[b, l], v[b, l] = 0.0, 0.0, 0.0
-        v[b, k] = torch.where(imbalance[b, k].abs() <= noise[b] * size[b, k], 0.0, -imbalance[b, k] / size[b, k])
-        # Hitting times of the merged component's row and column (the values now: M + shift_q − shift_p).
-        t0 = now[b, None]
-        H[b, k] = _hitting_times(M[b, k] + shift[b] - sk, v[b] - v[b, k, None], t0)
-        H[b, :, k] = _hitting_times(M[b, :, k] + sk - shift[b], v[b, k, None] - v[b], t0)
-        H[b, l], H[b, :, l] = float("inf"), float("inf")
-    dab += shift.gather(1, comp)
-    dab[:, m:] *= -1  # α_i moves by the shift of i's component, β_j by minus that of j's
-    Z = Z - dab[:, :m, None] - dab[:, None, m:]
-    joined = joined.view(N, m, n)
-    Z[joined] = 0.0
+        tmin = torch.where(live, tmin, now)
+        shift.addcmul_((tmin - now)[:, None], v)
+        now = tmin
+        k, l = torch.where(live, at // K1, K), torch.where(live, at % K1, K)
+        # Join l into k: the merged component's rows are those of k and l, so are its columns;
+        # its blocks are re-based to k's shift.  Component l is retired (its blocks to −∞).
+        sk = shift[ar, k]
+        gap = (shift[ar, l] - sk)[:, None]
+        offset[ar, l], parent[ar, l] = gap[:, 0], k
+        Ml, Mcl = M[ar, l], M[ar, :, l]
+        M[ar, l], M[ar, :, l] = -inf, -inf
+        row = torch.maximum(M[ar, k], Ml - gap)  # block (k ∪ l, q)
+        col = torch.maximum(M[ar, :, k], Mcl + gap)  # block (p, k ∪ l)
+        col[ar, k] = -inf
+        M[ar, k], M[ar, :, k] = row, col
+        bk = bs[ar, k] + bs[ar, l]
+        bs[ar, k], bs[ar, l] = bk, 0.0
+        vk = _velocity(bk, noise)[:, None]
+        v[ar, k], v[ar, l] = vk[:, 0], 0.0
+        # Hitting times of the merged component's row and column (values now: M + shift_q − shift_p).
+        rel = shift - sk[:, None]
+        Hk = _hitting_times(torch.stack([row + rel, col - rel], 1), torch.stack([v - vk, vk - v], 1), now[:, None, None])
+        H[ar, l], H[ar, :, l] = inf, inf
+        H[ar, k], H[ar, :, k] = Hk[:, 0], Hk[:, 1]
+    # Each node moved with its component, then with the ones it joined: follow the joins to the
+    # last, adding the offsets (pointer jumping).
+    while True:
+        up = parent.gather(1, parent)
+        offset = offset + offset.gather(1, parent) * (up != parent)
+        if torch.equal(up, parent):
+            break
+        parent = up
+    total = (shift.gather(1, parent) + offset).gather(1, comp)  # (N, m + n)
+    dab = torch.cat([total[:, :m], -total[:, m:]], 1)  # α_i moves by i's shift, β_j by minus j's
+    final = parent.gather(1, comp)
+    Zs = Z - dab[:, :m, None] - dab[:, None, m:]
+    tol = 8 * torch.finfo(dt).eps * (Z.abs() + dab[:, :m, None].abs() + dab[:, None, m:].abs())
+    joined = cross & (final[:, :m, None] == final[:, None, m:]) & (Zs >= -tol)
+    Z = torch.where(cross, Zs, Z).masked_fill_(joined, 0.0)
     return Z, dab, joined
+
+
+def _sparse_support(X):
+    """Samples whose support ``X > 0`` has fewer than m + n − 1 entries or an empty row or
+    column: necessarily disconnected (a cheap test; a support can be disconnected without)."""
+    _, m, n = X.shape
+    on = X > 0
+    empty = (on.sum(2).amin(1) == 0) | (on.sum(1).amin(1) == 0)
+    return (on.flatten(1).sum(1) < m + n - 1) | empty
+
+
+def _velocity(bs, noise):
+    """``−b / s`` for ``bs = (b, s)`` (last axis): a component's gauge velocity, zero where it
+    is in balance to rounding (``|b| ≤ noise · s``)."""
+    b, size = bs[..., 0], bs[..., 1]
+    return torch.where(b.abs() <= noise.view(-1, *[1] * (b.dim() - 1)) * size, 0.0, -b / size.clamp_min(1))
 
 
 def support_components(support: torch.Tensor):
