@@ -118,6 +118,10 @@ DEFECTS = [
      "return 2 * one(m), one(n), torch.tensor(self.k, dtype=torch.float64, device=x.device)"),
     ("partial-matching block-coordinate fallback disabled", "functional/partial_transport.py",
      "        if pend.numel():\n            v_new[pend] = _block_round(", "        if False:\n            v_new[pend] = _block_round("),
+    ("transportation merge step disabled", "functional/transport.py",
+     "_MERGE = True", "_MERGE = False"),
+    ("transportation merge moves components the wrong way", "functional/transport.py",
+     "0.0, -b / size.clamp_min(1))", "0.0, b / size.clamp_min(1))"),
 ]
 
 
