@@ -64,8 +64,12 @@ def instance(rng, family, m, n, scale, batch):
 
 def certify(Y, X, r, c):
     """Largest relative KKT violation of ``X`` as the projection of ``Y`` (one sample), with the
-    dual pair chosen by an LP (HiGHS), not taken from the solver."""
+    dual pair chosen by an LP (HiGHS), not taken from the solver.  The measure is invariant to
+    scaling (Y, X, r, c) together, so the LP is posed in units of the input's scale: HiGHS
+    reported an unknown model status on inputs of 3e8 posed as they are."""
     m, n = Y.shape
+    unit = max(np.abs(Y).max(), np.abs(X).max(), 1e-300)
+    Y, X, r, c = Y / unit, X / unit, r / unit, c / unit
     aX = np.abs(X)
     s_set = max(r.max(), c.max(), aX.sum(1).max(), aX.sum(0).max(), np.finfo(float).eps * np.abs(Y).max(), 1e-300)
     s_in = max(np.abs(Y).max(), aX.max(), 1e-300)
