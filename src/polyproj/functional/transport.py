@@ -99,8 +99,7 @@ def project_transport(Y: torch.Tensor, r: torch.Tensor, c: torch.Tensor, *, tol:
 
     Each sample iterates until its relative marginal residual ``kkt`` is ≤ ``target``
     (default ``tol``), or is ≤ ``tol`` and has not halved in the last few steps (rounding
-    floor), or ``max_iter`` steps in all.
-"""
+    floor), or ``max_iter`` steps in all."""
     N, m, n = Y.shape
     target = tol if target is None else min(target, tol)
     if N == 0:
@@ -166,7 +165,6 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
             if live.numel() == 0:
                 break
         theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
-        merging = torch.zeros_like(res, dtype=torch.bool)
         if _MERGE:
             # Components of the support graph out of balance join first (_merge_components):
             # the Newton step would otherwise join them one pair per step.  A support that kept
@@ -183,7 +181,6 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
                 imbalance = torch.zeros(len(ci), K, dtype=dt, device=dev).scatter_add_(1, comp, signed)
                 size = torch.zeros_like(imbalance).scatter_add_(1, comp, torch.ones_like(signed))
                 out = (imbalance.abs() > noise[:, None] * size).any(1)
-                merging[ci] = out
                 if bool(out.any()):
                     mi, sel = ci[out], out.nonzero().squeeze(1)
                     Zm, dab, jm = _merge_components(Z[mi], comp[sel], imbalance[sel], size[sel], m, noise[sel])
