@@ -253,3 +253,19 @@ def test_far_inputs_take_few_newton_steps(scale, monkeypatch):
     monkeypatch.setattr(tr, "_MERGE", False)
     _, _, _, kkt0, iters0 = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
     assert float(iters0.float().mean()) > 20
+
+
+def test_merge_in_chunks_equals_one_pass(monkeypatch):
+    """The merge step bounds its memory by running on chunks of samples: the same points and
+    step counts as one pass over the batch."""
+    from polyproj.functional import transport as tr
+
+    rng = np.random.default_rng(5)
+    r = torch.tensor(rng.uniform(0, 1, (12, 16)))
+    c = torch.tensor(rng.uniform(0, 1, (12, 16)))
+    c = c / c.sum(1, keepdim=True) * r.sum(1, keepdim=True)
+    Y = torch.tensor(rng.standard_normal((12, 16, 16))) * 1e4
+    X, _, _, _, iters = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
+    monkeypatch.setattr(tr, "_MERGE_ELEMENTS", 2 * 33**2)
+    X2, _, _, _, iters2 = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
+    assert torch.equal(iters, iters2) and torch.equal(X, X2)

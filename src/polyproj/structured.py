@@ -476,11 +476,13 @@ class Transportation(_ParamSet):
 
     Projection: a few rounds of block-coordinate ascent on the dual, then semismooth Newton on
     the dual (Li, Sun & Toh 2020), each step a batched LU of the Schur complement of the
-    regularised signless Laplacian of the support graph, with an exact line search, and by
-    continuation in the input's scale for inputs far larger than the marginals; nonnegativity
-    exact, the marginals to 10⁻³·``tol`` of their scale, at most 1e-9 (about 1 Newton step, at
-    most 4, on the Gaussian inputs of ``benchmarks/bench_structured.py``; 25 on average at
-    64×64 from inputs 10⁴–10⁸ times the marginals; see :mod:`polyproj.functional.transport`).
+    regularised signless Laplacian of the support graph, with an exact line search; before a
+    step, the components the support splits into are joined where their marginals are out of
+    balance (the merge step, for inputs far larger than the marginals); nonnegativity exact, the
+    marginals to 10⁻³·``tol`` of their scale, at most 1e-9 (about 1 Newton step, at most 4, on
+    the Gaussian inputs of ``benchmarks/bench_structured.py``; 11–15 on average and at most 19
+    at 64×64 from inputs 10²–10⁸ times random marginals in ``benchmarks/fuzz_transport.py``;
+    see :mod:`polyproj.functional.transport`).
     Backward: ``J(G) = Θ ⊙ (G − α1ᵀ − 1βᵀ)`` with the minimum-norm solution of
     ``L[α; β] = [(Θ⊙G)1; (Θ⊙G)ᵀ1]`` (``L`` singular on each connected component of the support;
     iterated Tikhonov through the same Schur complement).

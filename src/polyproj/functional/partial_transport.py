@@ -149,10 +149,10 @@ def project_partial_transport(Y, r, c, k, *, tol: float, max_iter: int = 100, ta
     """Returns ``(X, duals (α, β, γ) as (N, m + n + 1), residual, iterations)`` for a batch ``Y``
     (N, m, n) float64 and shared or per-sample ``r`` (m,)/(N, m), ``c`` (n,)/(N, n), ``k`` () or (N,).
 
-    Inputs far larger than the capacities are solved by continuation in the input's scale, as
-    for the transportation polytope (:func:`polyproj.functional.transport.project_transport`):
+    Inputs far larger than the capacities are solved by continuation in the input's scale:
     ``λ Y`` for ``λ`` growing by :data:`_STAGE_FACTOR` from :data:`_FIRST_STAGE` times the
-    capacities to 1, each stage started from the previous duals times the growth factor."""
+    capacities to 1, each stage started from the previous duals times the growth factor.  (The
+    transportation solver used the same continuation before its merge step replaced it.)"""
     N, m, n = Y.shape
     if N == 0:
         return Y.clone(), Y.new_zeros(0, m + n + 1), Y.new_zeros(0), torch.zeros(0, dtype=torch.long, device=Y.device)

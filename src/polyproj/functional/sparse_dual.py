@@ -57,7 +57,7 @@ _TAU0, _TAU_GROWTH, _INNER_FRACTION = 100.0, 10.0, 0.1
 # ran to its budget (projecting 0 onto a 5000-variable set did not converge in 200 steps); with
 # 1e-8 it takes 15 steps, and the other solves are unchanged (measured)
 _EPS_REG, _CG_MAX_ITER = 1e-8, 200
-# continuation in the input's scale (as in the transportation solver): first stage at this many
+# continuation in the input's scale: first stage at this many
 # times the set's scale, growth per stage, tolerance of the intermediate stages (measured on 18
 # far-input samples at 1e5…1e8: with 1e-3 two did not converge in 500 steps, with 1e-5…1e-7
 # none failed and the steps fell; growth ×3 or a first stage at 3× or 300× did no better)

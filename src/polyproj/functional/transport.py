@@ -51,6 +51,7 @@ _KERNEL_FREE_BELOW = 1e-6
 _EPS_CAP = 1e-11  # Newton regularisation: ε = min(_EPS_CAP, relative residual) + 1e-12 (module docstring)
 _STALL = 5
 _MERGE = True  # the merge step (:func:`_merge_components`); False leaves the plain Newton iteration
+_MERGE_ELEMENTS = 2**22  # the merge step runs on at most this many block entries (samples × (K + 1)²) at once
 _ROUNDING = 100.0
 
 
@@ -183,7 +184,11 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
                 out = (imbalance.abs() > noise[:, None] * size).any(1)
                 if bool(out.any()):
                     mi, sel = ci[out], out.nonzero().squeeze(1)
-                    Zm, dab, jm = _merge_components(Z[mi], comp[sel], imbalance[sel], size[sel], m, noise[sel])
+                    Zm, dab, jm = torch.empty_like(Z[mi]), torch.empty_like(ab[mi]), torch.empty_like(Z[mi], dtype=torch.bool)
+                    # In chunks: the join state is K² per sample, up to ~4× the input's m·n.
+                    for part in torch.arange(len(mi), device=dev).split(max(1, _MERGE_ELEMENTS // (K + 1) ** 2)):
+                        Zm[part], dab[part], jm[part] = _merge_components(
+                            Z[mi[part]], comp[sel[part]], imbalance[sel[part]], size[sel[part]], m, noise[sel[part]])
                     Z[mi], ab[mi] = Zm, ab[mi] + dab
                     X[mi], g[mi], q[mi], res[mi] = _trial_point(Zm, rc_l[mi], s_l[mi])
                     theta[mi] = torch.where(jm, 1.0, theta[mi])  # the joined entries, at zero
