@@ -269,3 +269,19 @@ def test_merge_in_chunks_equals_one_pass(monkeypatch):
     monkeypatch.setattr(tr, "_MERGE_ELEMENTS", 2 * 33**2)
     X2, _, _, _, iters2 = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
     assert torch.equal(iters, iters2) and torch.equal(X, X2)
+
+
+def test_merge_joins_in_numpy_equal_torch(monkeypatch):
+    """On the CPU the joins run in NumPy; the torch code path (other devices) gives the same
+    points and step counts."""
+    from polyproj.functional import transport as tr
+
+    rng = np.random.default_rng(6)
+    r = torch.tensor(rng.uniform(0, 1, (6, 24)))
+    c = torch.tensor(rng.uniform(0, 1, (6, 20)))
+    c = c / c.sum(1, keepdim=True) * r.sum(1, keepdim=True)
+    Y = torch.tensor(rng.standard_normal((6, 24, 20))) * 1e6
+    X, _, _, kkt, iters = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
+    monkeypatch.setattr(tr, "_HOST_JOINS", False)
+    X2, _, _, kkt2, iters2 = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
+    assert float(kkt.max()) <= 1e-9 and torch.equal(iters, iters2) and torch.equal(X, X2)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .polyhedron import _ACTIVE_TAU, _ROUNDING_ULPS, line_search_root
@@ -51,6 +52,7 @@ _KERNEL_FREE_BELOW = 1e-6
 _EPS_CAP = 1e-11  # Newton regularisation: ε = min(_EPS_CAP, relative residual) + 1e-12 (module docstring)
 _STALL = 5
 _MERGE = True  # the merge step (:func:`_merge_components`); False leaves the plain Newton iteration
+_HOST_JOINS = True  # on the CPU the merge step's joins run in NumPy (False: in torch, as on other devices)
 _MERGE_ELEMENTS = 2**22  # the merge step runs on at most this many block entries (samples × (K + 1)²) at once
 _ROUNDING = 100.0
 
@@ -149,12 +151,11 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
     live = torch.arange(N, device=dev)
     X, g, q, res = _trial_point(Z, rc, s)
     rc_l, s_l = rc, s
-    best, stale = res, torch.zeros_like(res)  # best residual so far, steps since it last halved
+    best, stale = res.clone(), torch.zeros_like(res)  # best residual so far, steps since it last halved
     balanced_support = torch.ones_like(Z, dtype=torch.bool)  # a support whose components were in balance
-    # Samples whose support may split into components out of balance: at the start, those with
-    # fewer than m + n − 1 edges or an isolated node (a connected support has neither); later,
-    # those whose last step was not a full Newton step or had a kernel part above rounding.
-    suspect = _sparse_support(X)
+    # Samples whose last step was not a full Newton step or had a kernel part above rounding:
+    # signs that the support may have split into components out of balance.
+    suspect = torch.zeros_like(res, dtype=torch.bool)
     for it in range(max_iter + 1):
         done = (res <= target) | ((res <= tol) & (stale >= _STALL)) if it < max_iter else torch.ones_like(res, dtype=torch.bool)
         if bool(done.any()):
@@ -167,32 +168,7 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
                 break
         theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
         if _MERGE:
-            # Components of the support graph out of balance join first (_merge_components):
-            # the Newton step would otherwise join them one pair per step.  A support that kept
-            # every edge of one whose components were in balance has them in balance too (a
-            # component's imbalance is Σ r − Σ c over its nodes), so only the others are checked,
-            # and only where the last step gave a sign of it (``suspect``).
-            support = theta > 0
-            check = suspect & (balanced_support & ~support).flatten(1).any(1)
-            if bool(check.any()):
-                ci = check.nonzero().squeeze(1)
-                noise = _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l[ci]
-                comp, K = support_components(support[ci])
-                signed = torch.cat([g[ci, :m], -g[ci, m:]], 1)
-                imbalance = torch.zeros(len(ci), K, dtype=dt, device=dev).scatter_add_(1, comp, signed)
-                size = torch.zeros_like(imbalance).scatter_add_(1, comp, torch.ones_like(signed))
-                out = (imbalance.abs() > noise[:, None] * size).any(1)
-                if bool(out.any()):
-                    mi, sel = ci[out], out.nonzero().squeeze(1)
-                    Zm, dab, jm = torch.empty_like(Z[mi]), torch.empty_like(ab[mi]), torch.empty_like(Z[mi], dtype=torch.bool)
-                    # In chunks: the join state is K² per sample, up to ~4× the input's m·n.
-                    for part in torch.arange(len(mi), device=dev).split(max(1, _MERGE_ELEMENTS // (K + 1) ** 2)):
-                        Zm[part], dab[part], jm[part] = _merge_components(
-                            Z[mi[part]], comp[sel[part]], imbalance[sel[part]], size[sel[part]], m, noise[sel[part]])
-                    Z[mi], ab[mi] = Zm, ab[mi] + dab
-                    X[mi], g[mi], q[mi], res[mi] = _trial_point(Zm, rc_l[mi], s_l[mi])
-                    theta[mi] = torch.where(jm, 1.0, theta[mi])  # the joined entries, at zero
-                balanced_support[ci] = theta[ci] > 0
+            _join_split_supports(theta, Z, X, g, q, res, ab, rc_l, s_l, suspect, balanced_support)
         eps = res.clamp(max=_EPS_CAP) + 1e-12
         lap = SchurLaplacian(theta, eps)
         d = lap.solve(-g)
@@ -237,13 +213,53 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
             Xs, gs, qs, ress = _trial_point(Zs, rc_l[pend], s_l[pend])
             Zt[pend], Xt[pend], gt[pend], qt[pend], rest[pend], t[pend] = Zs, Xs, gs, qs, ress, tp
             ab = torch.addcmul(ab, t[:, None], d)
-        suspect = ~passed | _sparse_support(Xt)
+        suspect = ~passed
         if bool(small.any()):
             suspect |= small & ~noise
         Z, X, g, q, res = Zt, Xt, gt, qt, rest
         stale = torch.where(res <= 0.5 * best, 0.0, stale + 1)
         best = torch.minimum(best, res)
     return X_out, ab_out, kkt, iters
+
+
+def _join_split_supports(theta, Z, X, g, q, res, ab, rc, s, suspect, balanced_support):
+    """Before a Newton step: where the support graph ``theta`` splits into components out of
+    balance, the merge step (:func:`_merge_components`) joins them; ``theta``, the iterate
+    ``(Z, X, g, q, res, ab)`` and ``balanced_support`` are updated in place.
+
+    A support that kept every edge of one whose components were in balance has them in balance
+    too (a component's imbalance is Σ r − Σ c over its nodes), so only the others are checked,
+    and only where the support has fewer than m + n − 1 entries (then it is split) or the last
+    step gave a sign of a split (``suspect``: not a full Newton step, or a kernel part above
+    rounding)."""
+    N, m, n = theta.shape
+    dt, dev = Z.dtype, Z.device
+    cand = suspect | (theta.flatten(1).sum(1) < m + n - 1)
+    if not bool(cand.any()):
+        return
+    ci = cand.nonzero().squeeze(1)
+    support = theta[ci] > 0
+    lost = (balanced_support[ci] & ~support).flatten(1).any(1)
+    ci, support = ci[lost], support[lost]
+    if not ci.numel():
+        return
+    noise = _ROUNDING * (m + n) * torch.finfo(dt).eps * s[ci]
+    comp, K = support_components(support)
+    signed = torch.cat([g[ci, :m], -g[ci, m:]], 1)
+    imbalance = torch.zeros(len(ci), K, dtype=dt, device=dev).scatter_add_(1, comp, signed)
+    size = torch.zeros_like(imbalance).scatter_add_(1, comp, torch.ones_like(signed))
+    out = (imbalance.abs() > noise[:, None] * size).any(1)
+    if bool(out.any()):
+        mi, sel = ci[out], out.nonzero().squeeze(1)
+        Zm, dab, jm = torch.empty_like(Z[mi]), torch.empty_like(ab[mi]), torch.empty_like(Z[mi], dtype=torch.bool)
+        # In chunks: the join state is (K + 1)² per sample, up to ~4× the input's m·n.
+        for part in torch.arange(len(mi), device=dev).split(max(1, _MERGE_ELEMENTS // (K + 1) ** 2)):
+            Zm[part], dab[part], jm[part] = _merge_components(
+                Z[mi[part]], comp[sel[part]], imbalance[sel[part]], size[sel[part]], m, noise[sel[part]])
+        Z[mi], ab[mi] = Zm, ab[mi] + dab
+        X[mi], g[mi], q[mi], res[mi] = _trial_point(Zm, rc[mi], s[mi])
+        theta[mi] = torch.where(jm, 1.0, theta[mi])  # the joined entries, at zero
+    balanced_support[ci] = theta[ci] > 0
 
 
 def _merge_components(Z, comp, imbalance, size, m, noise):
@@ -290,40 +306,15 @@ def _merge_components(Z, comp, imbalance, size, m, noise):
     offset = torch.zeros(N, K1, dtype=dt, device=dev)
     parent = torch.arange(K1, device=dev).expand(N, -1).contiguous()
     bs = torch.stack([imbalance, size], -1)  # (N, K1, 2)
-    v = _velocity(bs, noise)
-    H = _hitting_times(M, v[:, None, :] - v[:, :, None], 0.0)
-    now = torch.zeros(N, dtype=dt, device=dev)
-    ar = torch.arange(N, device=dev)
-    inf = float("inf")
-    for _ in range(K - 1):
-        tmin, at = H.view(N, -1).min(1)
-        live = tmin < inf
-        if not bool(live.any()):
-            break
-        tmin = torch.where(live, tmin, now)
-        shift.addcmul_((tmin - now)[:, None], v)
-        now = tmin
-        k, l = torch.where(live, at // K1, K), torch.where(live, at % K1, K)
-        # Join l into k: the merged component's rows are those of k and l, so are its columns;
-        # its blocks are re-based to k's shift.  Component l is retired (its blocks to −∞).
-        sk = shift[ar, k]
-        gap = (shift[ar, l] - sk)[:, None]
-        offset[ar, l], parent[ar, l] = gap[:, 0], k
-        Ml, Mcl = M[ar, l], M[ar, :, l]
-        M[ar, l], M[ar, :, l] = -inf, -inf
-        row = torch.maximum(M[ar, k], Ml - gap)  # block (k ∪ l, q)
-        col = torch.maximum(M[ar, :, k], Mcl + gap)  # block (p, k ∪ l)
-        col[ar, k] = -inf
-        M[ar, k], M[ar, :, k] = row, col
-        bk = bs[ar, k] + bs[ar, l]
-        bs[ar, k], bs[ar, l] = bk, 0.0
-        vk = _velocity(bk, noise)[:, None]
-        v[ar, k], v[ar, l] = vk[:, 0], 0.0
-        # Hitting times of the merged component's row and column (values now: M + shift_q − shift_p).
-        rel = shift - sk[:, None]
-        Hk = _hitting_times(torch.stack([row + rel, col - rel], 1), torch.stack([v - vk, vk - v], 1), now[:, None, None])
-        H[ar, l], H[ar, :, l] = inf, inf
-        H[ar, k], H[ar, :, k] = Hk[:, 0], Hk[:, 1]
+    # The joins are sequential, about 40 small array operations each: on the CPU they run in
+    # NumPy on the same memory (a few times less overhead per operation than torch's dispatch),
+    # elsewhere in torch; the code below is written once for both.
+    xp = np if Z.device.type == "cpu" and _HOST_JOINS else torch
+    if xp is np:
+        M, shift, offset, parent, bs, noise = (t.numpy() for t in (M, shift, offset, parent, bs, noise.contiguous()))
+    _join(xp, M, shift, offset, parent, bs, noise, K)
+    if xp is np:
+        shift, offset, parent = (torch.from_numpy(a) for a in (shift, offset, parent))
     # Each node moved with its component, then with the ones it joined: follow the joins to the
     # last, adding the offsets (pointer jumping).
     while True:
@@ -342,20 +333,54 @@ def _merge_components(Z, comp, imbalance, size, m, noise):
     return Z, dab, joined
 
 
-def _sparse_support(X):
-    """Samples whose support ``X > 0`` has fewer than m + n − 1 entries or an empty row or
-    column: necessarily disconnected (a cheap test; a support can be disconnected without)."""
-    _, m, n = X.shape
-    on = X > 0
-    empty = (on.sum(2).amin(1) == 0) | (on.sum(1).amin(1) == 0)
-    return (on.flatten(1).sum(1) < m + n - 1) | empty
+def _join(xp, M, shift, offset, parent, bs, noise, K):
+    """The joins of :func:`_merge_components`, in place, for ``xp`` NumPy or torch: ``M``
+    (N, K + 1, K + 1) block maxima at shift zero, ``shift``/``offset`` (N, K + 1) the gauge moves
+    and join offsets, ``parent`` the joins, ``bs`` (N, K + 1, 2) imbalance and size."""
+    N, K1 = M.shape[0], K + 1
+    inf = float("inf")
+    v = _velocity(xp, bs, noise)
+    H = _hitting_times(xp, M, v[:, None, :] - v[:, :, None], 0.0)
+    now = shift[:, 0] * 0
+    ar = xp.arange(N) if xp is np else torch.arange(N, device=M.device)
+    for _ in range(K - 1):
+        at = H.reshape(N, -1).argmin(1)
+        tmin = H.reshape(N, -1)[ar, at]
+        live = tmin < inf
+        if not bool(live.any()):
+            break
+        tmin = xp.where(live, tmin, now)
+        shift += (tmin - now)[:, None] * v
+        now = tmin
+        k, l = xp.where(live, at // K1, K), xp.where(live, at % K1, K)
+        # Join l into k: the merged component's rows are those of k and l, so are its columns;
+        # its blocks are re-based to k's shift.  Component l is retired (its blocks to −∞).
+        sk = shift[ar, k]
+        gap = (shift[ar, l] - sk)[:, None]
+        offset[ar, l], parent[ar, l] = gap[:, 0], k
+        Ml, Mcl = M[ar, l], M[ar, :, l]
+        M[ar, l], M[ar, :, l] = -inf, -inf
+        row = xp.maximum(M[ar, k], Ml - gap)  # block (k ∪ l, q)
+        col = xp.maximum(M[ar, :, k], Mcl + gap)  # block (p, k ∪ l)
+        col[ar, k] = -inf
+        M[ar, k], M[ar, :, k] = row, col
+        bk = bs[ar, k] + bs[ar, l]
+        bs[ar, k], bs[ar, l] = bk, 0.0
+        vk = _velocity(xp, bk, noise)[:, None]
+        v[ar, k], v[ar, l] = vk[:, 0], 0.0
+        # Hitting times of the merged component's row and column (values now: M + shift_q − shift_p).
+        rel = shift - sk[:, None]
+        Hk = _hitting_times(xp, xp.stack([row + rel, col - rel], 1), xp.stack([v - vk, vk - v], 1), now[:, None, None])
+        H[ar, l], H[ar, :, l] = inf, inf
+        H[ar, k], H[ar, :, k] = Hk[:, 0], Hk[:, 1]
 
 
-def _velocity(bs, noise):
+def _velocity(xp, bs, noise):
     """``−b / s`` for ``bs = (b, s)`` (last axis): a component's gauge velocity, zero where it
     is in balance to rounding (``|b| ≤ noise · s``)."""
     b, size = bs[..., 0], bs[..., 1]
-    return torch.where(b.abs() <= noise.view(-1, *[1] * (b.dim() - 1)) * size, 0.0, -b / size.clamp_min(1))
+    quiet = abs(b) <= noise.reshape((-1,) + (1,) * (b.ndim - 1)) * size
+    return xp.where(quiet, 0.0, -b / (size + (size == 0)))
 
 
 def support_components(support: torch.Tensor):
@@ -389,11 +414,11 @@ def support_components(support: torch.Tensor):
     return comp, int(first.sum(1).max())
 
 
-def _hitting_times(value, rate, now):
+def _hitting_times(xp, value, rate, now):
     """When an off-support block whose largest entry is ``value`` (≤ 0) now and moves at
     ``rate`` reaches zero: ``now − value / rate`` where ``rate > 0``, else ∞."""
-    ok = (rate > 0) & (value > float("-inf"))
-    return torch.where(ok, now + (-value).clamp_min(0) / torch.where(ok, rate, 1.0), float("inf"))
+    ok = (rate > 0) & (value > -float("inf"))
+    return xp.where(ok, now + xp.where(value < 0, -value, 0.0) / xp.where(ok, rate, 1.0), float("inf"))
 
 
 def _warm_rounds(n: int) -> int:
