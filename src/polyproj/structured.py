@@ -480,7 +480,7 @@ class Transportation(_ParamSet):
     step, the components the support splits into are joined where their marginals are out of
     balance (the merge step, for inputs far larger than the marginals); nonnegativity exact, the
     marginals to 10⁻³·``tol`` of their scale, at most 1e-9 (about 1 Newton step, at most 4, on
-    the Gaussian inputs of ``benchmarks/bench_structured.py``; 11–15 on average and at most 19
+    the Gaussian inputs of ``benchmarks/bench_structured.py``; 10–14 on average and at most 16
     at 64×64 from inputs 10²–10⁸ times random marginals in ``benchmarks/fuzz_transport.py``;
     see :mod:`polyproj.functional.transport`).
     Backward: ``J(G) = Θ ⊙ (G − α1ᵀ − 1βᵀ)`` with the minimum-norm solution of
