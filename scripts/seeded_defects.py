@@ -121,7 +121,7 @@ DEFECTS = [
     ("transportation merge step disabled", "functional/transport.py",
      "_MERGE = True", "_MERGE = False"),
     ("transportation merge moves components the wrong way", "functional/transport.py",
-     "0.0, -b / size.clamp_min(1))", "0.0, b / size.clamp_min(1))"),
+     "0.0, -b / (size + (size == 0)))", "0.0, b / (size + (size == 0)))"),
 ]
 
 
