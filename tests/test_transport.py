@@ -234,6 +234,16 @@ def test_merge_step_joins_components_without_moving_x():
     assert float(imbalance2.abs().max()) <= 1e-12
 
 
+def _far_instance(seed, N, m, n, scale):
+    """Gaussian inputs ``scale`` times random marginals (uniform rows, columns rescaled to the
+    rows' total): ``(Y, r, c)``, float64."""
+    rng = np.random.default_rng(seed)
+    r = torch.tensor(rng.uniform(0, 1, (N, m)))
+    c = torch.tensor(rng.uniform(0, 1, (N, n)))
+    c = c / c.sum(1, keepdim=True) * r.sum(1, keepdim=True)
+    return torch.tensor(rng.standard_normal((N, m, n))) * scale, r, c
+
+
 @pytest.mark.parametrize("scale", [1e2, 1e4, 1e8])
 def test_far_inputs_take_few_newton_steps(scale, monkeypatch):
     """Random marginals at 64×64, inputs 10²–10⁸ times the marginals: certified in at most 20
@@ -241,11 +251,7 @@ def test_far_inputs_take_few_newton_steps(scale, monkeypatch):
     components out of balance, and each Newton step joins one pair)."""
     from polyproj.functional import transport as tr
 
-    rng = np.random.default_rng(int(np.log10(scale)))
-    r = torch.tensor(rng.uniform(0, 1, (4, 64)))
-    c = torch.tensor(rng.uniform(0, 1, (4, 64)))
-    c = c / c.sum(1, keepdim=True) * r.sum(1, keepdim=True)
-    Y = torch.tensor(rng.standard_normal((4, 64, 64))) * scale
+    Y, r, c = _far_instance(int(np.log10(scale)), 4, 64, 64, scale)
     X, _, _, kkt, iters = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
     assert int(iters.max()) <= 20 and float(kkt.max()) <= 1e-9
     T = pp.Transportation(r, c)
@@ -260,11 +266,7 @@ def test_merge_in_chunks_equals_one_pass(monkeypatch):
     step counts as one pass over the batch."""
     from polyproj.functional import transport as tr
 
-    rng = np.random.default_rng(5)
-    r = torch.tensor(rng.uniform(0, 1, (12, 16)))
-    c = torch.tensor(rng.uniform(0, 1, (12, 16)))
-    c = c / c.sum(1, keepdim=True) * r.sum(1, keepdim=True)
-    Y = torch.tensor(rng.standard_normal((12, 16, 16))) * 1e4
+    Y, r, c = _far_instance(5, 12, 16, 16, 1e4)
     X, _, _, _, iters = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
     monkeypatch.setattr(tr, "_MERGE_ELEMENTS", 2 * 33**2)
     X2, _, _, _, iters2 = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
@@ -276,11 +278,7 @@ def test_merge_joins_in_numpy_equal_torch(monkeypatch):
     points and step counts."""
     from polyproj.functional import transport as tr
 
-    rng = np.random.default_rng(6)
-    r = torch.tensor(rng.uniform(0, 1, (6, 24)))
-    c = torch.tensor(rng.uniform(0, 1, (6, 20)))
-    c = c / c.sum(1, keepdim=True) * r.sum(1, keepdim=True)
-    Y = torch.tensor(rng.standard_normal((6, 24, 20))) * 1e6
+    Y, r, c = _far_instance(6, 6, 24, 20, 1e6)
     X, _, _, kkt, iters = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
     monkeypatch.setattr(tr, "_HOST_JOINS", False)
     X2, _, _, kkt2, iters2 = tr.project_transport(Y, r, c, tol=1e-9, target=1e-11, max_iter=200)
