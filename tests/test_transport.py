@@ -214,7 +214,7 @@ def test_merge_step_joins_components_without_moving_x():
     rc = torch.cat([r, c], 1)
     ab = torch.cat([Y.amax(2) - 1.0, torch.zeros(N, n, dtype=F64)], 1)  # each row's largest entry barely positive
     Z = Y - ab[:, :m, None] - ab[:, None, m:]
-    X, g, _, _ = tr._trial_point(Z, rc, torch.ones(N, dtype=F64))
+    X, g, _ = tr._trial_point(Z, rc, torch.ones(N, dtype=F64))
     comp, K = tr.support_components(X > 0)
     signed = torch.cat([g[:, :m], -g[:, m:]], 1)
     imbalance = torch.zeros(N, K, dtype=F64).scatter_add_(1, comp, signed)
@@ -228,7 +228,7 @@ def test_merge_step_joins_components_without_moving_x():
     torch.testing.assert_close(Z2, Y - ab2[:, :m, None] - ab2[:, None, m:], rtol=0, atol=1e-10)
     assert bool((_theta(Y, ab2, r, c) < _theta(Y, ab, r, c) - 1e-9).all())
     comp2, K2 = tr.support_components((X > 0) | joined)
-    _, g2, _, _ = tr._trial_point(Z2, rc, torch.ones(N, dtype=F64))
+    _, g2, _ = tr._trial_point(Z2, rc, torch.ones(N, dtype=F64))
     signed2 = torch.cat([g2[:, :m], -g2[:, m:]], 1)
     imbalance2 = torch.zeros(N, K2, dtype=F64).scatter_add_(1, comp2, signed2)
     assert float(imbalance2.abs().max()) <= 1e-12

@@ -68,7 +68,6 @@ class _Rows:
         self.p = equ.numel()
 
 
-
 class _Newton:
     """The factorised Newton system at ``(s, λ)`` (module docstring)."""
 

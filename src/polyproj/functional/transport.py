@@ -34,7 +34,7 @@ complementarity hold by construction; the iteration stops when the marginals hol
 
 Written by hand because it is the kernel of the Birkhoff/transportation layers: the batch is
 10²–10⁶ small matrices, so the cost is the number of full-size tensor operations per step.
-Each step therefore carries ``Z = Y − α1ᵀ − 1βᵀ``, ``X``, the marginal residual and ``½‖X‖²``
+Each step therefore carries ``Z = Y − α1ᵀ − 1βᵀ``, ``X`` and the marginal residual
 from the line search's accepted trial into the next step instead of recomputing them.
 """
 
@@ -147,9 +147,9 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
     iters = torch.zeros(N, dtype=torch.long, device=dev)
     kkt = torch.full((N,), float("inf"), dtype=dt, device=dev)
     # State of the samples still iterating (``live``): Z = Y − α1ᵀ − 1βᵀ, X = Z₊, the dual
-    # gradient g = (r, c) − marginals(X), q = ½‖X‖², res = ‖g‖∞ / s.
+    # gradient g = (r, c) − marginals(X), res = ‖g‖∞ / s.
     live = torch.arange(N, device=dev)
-    X, g, q, res = _trial_point(Z, rc, s)
+    X, g, res = _trial_point(Z, rc, s)
     rc_l, s_l = rc, s
     best, stale = res.clone(), torch.zeros_like(res)  # best residual so far, steps since it last halved
     balanced_support = torch.ones_like(Z, dtype=torch.bool)  # a support whose components were in balance
@@ -162,13 +162,13 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
             idx = live[done]
             X_out[idx], ab_out[idx], kkt[idx], iters[idx] = X[done], ab[done], res[done], it
             keep = ~done
-            live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support, suspect = (
-                t[keep] for t in (live, Z, X, g, q, res, ab, rc_l, s_l, best, stale, balanced_support, suspect))
+            live, Z, X, g, res, ab, rc_l, s_l, best, stale, balanced_support, suspect = (
+                t[keep] for t in (live, Z, X, g, res, ab, rc_l, s_l, best, stale, balanced_support, suspect))
             if live.numel() == 0:
                 break
         theta = torch.sign(X)  # 1 on the support X > 0, 0 elsewhere
         if _MERGE:
-            _join_split_supports(theta, Z, X, g, q, res, ab, rc_l, s_l, suspect, balanced_support)
+            _join_split_supports(theta, Z, X, g, res, ab, rc_l, s_l, suspect, balanced_support)
         eps = res.clamp(max=_EPS_CAP) + 1e-12
         lap = SchurLaplacian(theta, eps)
         d = lap.solve(-g)
@@ -183,7 +183,7 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
         if bool(small.any()):
             d_range = lap.solve(lap.matvec(d))
             g_kernel = (eps[:, None] * (d - d_range)).abs().amax(1)
-            noise = g_kernel <= _ROUNDING * (m + n) * torch.finfo(dt).eps * s_l
+            noise = g_kernel <= _kernel_noise(m, n, s_l)
             d = torch.where((small & noise)[:, None], d_range, d)
         d = drop_gauge(d, m)  # a gauge change: X is unchanged along it
         # The full step where it halves the residual ‖∇θ‖∞ (the quadratic phase, and near the
@@ -191,7 +191,7 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
         lin = (rc_l * d).sum(-1)
         da, db = d[:, :m, None], d[:, None, m:]
         Zt = Z - da - db
-        Xt, gt, qt, rest = _trial_point(Zt, rc_l, s_l)
+        Xt, gt, rest = _trial_point(Zt, rc_l, s_l)
         passed = rest <= 0.5 * res
         if bool(passed.all()):
             ab = ab + d
@@ -210,22 +210,22 @@ def _newton(Y, rc, m, n, *, tol, max_iter, target):
                                      torch.zeros(m * n, dtype=torch.bool, device=dev))
             tp = torch.where(tp > 0, tp, torch.full_like(tp, _SHORTEST_STEP))
             Zs = Zp - tp[:, None, None] * Dp
-            Xs, gs, qs, ress = _trial_point(Zs, rc_l[pend], s_l[pend])
-            Zt[pend], Xt[pend], gt[pend], qt[pend], rest[pend], t[pend] = Zs, Xs, gs, qs, ress, tp
+            Xs, gs, ress = _trial_point(Zs, rc_l[pend], s_l[pend])
+            Zt[pend], Xt[pend], gt[pend], rest[pend], t[pend] = Zs, Xs, gs, ress, tp
             ab = torch.addcmul(ab, t[:, None], d)
         suspect = ~passed
         if bool(small.any()):
             suspect |= small & ~noise
-        Z, X, g, q, res = Zt, Xt, gt, qt, rest
+        Z, X, g, res = Zt, Xt, gt, rest
         stale = torch.where(res <= 0.5 * best, 0.0, stale + 1)
         best = torch.minimum(best, res)
     return X_out, ab_out, kkt, iters
 
 
-def _join_split_supports(theta, Z, X, g, q, res, ab, rc, s, suspect, balanced_support):
+def _join_split_supports(theta, Z, X, g, res, ab, rc, s, suspect, balanced_support):
     """Before a Newton step: where the support graph ``theta`` splits into components out of
     balance, the merge step (:func:`_merge_components`) joins them; ``theta``, the iterate
-    ``(Z, X, g, q, res, ab)`` and ``balanced_support`` are updated in place.
+    ``(Z, X, g, res, ab)`` and ``balanced_support`` are updated in place.
 
     A support that kept every edge of one whose components were in balance has them in balance
     too (a component's imbalance is Σ r − Σ c over its nodes), so only the others are checked,
@@ -243,7 +243,7 @@ def _join_split_supports(theta, Z, X, g, q, res, ab, rc, s, suspect, balanced_su
     ci, support = ci[lost], support[lost]
     if not ci.numel():
         return
-    noise = _ROUNDING * (m + n) * torch.finfo(dt).eps * s[ci]
+    noise = _kernel_noise(m, n, s[ci])
     comp, K = support_components(support)
     signed = torch.cat([g[ci, :m], -g[ci, m:]], 1)
     imbalance = torch.zeros(len(ci), K, dtype=dt, device=dev).scatter_add_(1, comp, signed)
@@ -251,13 +251,14 @@ def _join_split_supports(theta, Z, X, g, q, res, ab, rc, s, suspect, balanced_su
     out = (imbalance.abs() > noise[:, None] * size).any(1)
     if bool(out.any()):
         mi, sel = ci[out], out.nonzero().squeeze(1)
-        Zm, dab, jm = torch.empty_like(Z[mi]), torch.empty_like(ab[mi]), torch.empty_like(Z[mi], dtype=torch.bool)
+        Zi = Z[mi]
+        Zm, dab, jm = torch.empty_like(Zi), ab.new_empty(len(mi), m + n), torch.empty_like(Zi, dtype=torch.bool)
         # In chunks: the join state is (K + 1)² per sample, up to ~4× the input's m·n.
         for part in torch.arange(len(mi), device=dev).split(max(1, _MERGE_ELEMENTS // (K + 1) ** 2)):
             Zm[part], dab[part], jm[part] = _merge_components(
-                Z[mi[part]], comp[sel[part]], imbalance[sel[part]], size[sel[part]], m, noise[sel[part]])
+                Zi[part], comp[sel[part]], imbalance[sel[part]], size[sel[part]], m, noise[sel[part]])
         Z[mi], ab[mi] = Zm, ab[mi] + dab
-        X[mi], g[mi], q[mi], res[mi] = _trial_point(Zm, rc[mi], s[mi])
+        X[mi], g[mi], res[mi] = _trial_point(Zm, rc[mi], s[mi])
         theta[mi] = torch.where(jm, 1.0, theta[mi])  # the joined entries, at zero
     balanced_support[ci] = theta[ci] > 0
 
@@ -283,7 +284,6 @@ def _merge_components(Z, comp, imbalance, size, m, noise):
     N, _, n = Z.shape
     dev, dt = Z.device, Z.dtype
     K = imbalance.shape[1]
-    imbalance, size = imbalance.clone(), size.clone()
     # The joins depend on the entries only through each block (rows of k) × (columns of l):
     # within it every entry moves at the same rate, so the first to reach zero is the block's
     # largest.  The process runs on these K × K block maxima M: a join costs O(K), not O(mn).
@@ -421,6 +421,12 @@ def _hitting_times(xp, value, rate, now):
     return xp.where(ok, now + xp.where(value < 0, -value, 0.0) / xp.where(ok, rate, 1.0), float("inf"))
 
 
+def _kernel_noise(m, n, s):
+    """The rounding level of a component's imbalance (equivalently, of the kernel part of ∇θ)
+    at the marginals' scale ``s``: below it a component counts as in balance."""
+    return _ROUNDING * (m + n) * torch.finfo(s.dtype).eps * s
+
+
 def _warm_rounds(n: int) -> int:
     """Block-coordinate rounds before the Newton steps: 4 (⌈log₂ n⌉ − 1), from 4 at n = 4 to at
     most 20.  Measured: a round costs O(mn) against a Newton step's O(mn²) with its
@@ -437,11 +443,10 @@ def _michelot_step(Z, target, dim, Xp, ind):
 
 
 def _trial_point(Z, rc, s):
-    """``X = Z₊``, the dual gradient ``(r, c) − marginals(X)``, ``½‖X‖²`` and ``‖∇θ‖∞ / s``."""
+    """``X = Z₊``, the dual gradient ``(r, c) − marginals(X)`` and ``‖∇θ‖∞ / s``."""
     X = Z.clamp_min(0)
     g = rc - torch.cat([X.sum(2), X.sum(1)], 1)
-    q = 0.5 * torch.linalg.vector_norm(X.flatten(1), dim=1).square()
-    return X, g, q, g.abs().amax(-1) / s
+    return X, g, g.abs().amax(-1) / s
 
 
 def transport_active(X: torch.Tensor, Y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
